@@ -1,0 +1,1 @@
+"""pycnictl subcommands. Each module here exposes `register(subparsers)`; `pycni_daemons.ctl` lists them."""
