@@ -2,7 +2,7 @@
 
 Markers skip a lane whose tools are missing only when run by hand; `scripts/run-tests.sh` (what
 `make test` and CI run) installs everything first and sets PYCNI_REQUIRE_ALL=1, which turns those
-skips into failures so a lane can never pass silently by not running.
+skips into a loud error so a lane can never pass silently by not running.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 why = _missing(marker)
                 if why:
                     if REQUIRE_ALL:
-                        item.add_marker(pytest.mark.xfail(reason=f"lane cannot run: {why}", strict=True,
-                                                          run=False))
+                        raise pytest.UsageError(f"{item.nodeid}: lane '{marker}' cannot run here: {why}")
                     else:
                         item.add_marker(pytest.mark.skip(reason=why))
