@@ -93,7 +93,7 @@ class IptChain:
 @dataclass(frozen=True)
 class FlannelSpec:
     vxlan: VxlanDevice | None = None
-    routes: dict[tuple[int, ipaddress.IPv4Network, int], Route] = field(default_factory=dict)
+    routes: dict[object, Route] = field(default_factory=dict)
     neighs: dict[object, Neigh] = field(default_factory=dict)
     fdbs: dict[object, Fdb] = field(default_factory=dict)
     chains: tuple[IptChain, ...] = ()
@@ -101,7 +101,9 @@ class FlannelSpec:
     direct: tuple[ipaddress.IPv4Network, ...] = ()  # subnets routed directly (DirectRouting)
 
 
-def masq_rules(cluster: ipaddress.IPv4Network, pod: ipaddress.IPv4Network, *, random_fully: bool) -> tuple[str, ...]:
+def masq_rules(
+    cluster: ipaddress.IPv4Network, pod: ipaddress.IPv4Network, *, random_fully: bool
+) -> tuple[str, ...]:
     """flannel's masqRules (pkg/trafficmngr/iptables/iptables.go), as iptables-restore rule text."""
     rf = " --random-fully" if random_fully else ""
     c, p = str(cluster), str(pod)
@@ -143,7 +145,7 @@ def _on_link(ctx: NodeContext, ip: ipaddress.IPv4Address) -> bool:
 
 def flannel_spec(snapshot: Snapshot, ctx: NodeContext) -> FlannelSpec:
     be = ctx.config.backend
-    routes: dict[tuple[int, ipaddress.IPv4Network, int], Route] = {}
+    routes: dict[object, Route] = {}
     neighs: dict[object, Neigh] = {}
     fdbs: dict[object, Fdb] = {}
     remotes: list[Lease] = []

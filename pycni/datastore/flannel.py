@@ -26,7 +26,9 @@ DEFAULT_PREFIX = "/coreos.com/network"
 SUBNET_TTL = 24 * 3600.0  # flannel local_manager.go subnetTTL
 RACE_RETRIES = 10  # flannel registry raceRetries
 BACKENDS = ("host-gw", "vxlan")
-KNOWN_FLANNEL_BACKENDS = ("udp", "wireguard", "ipip", "ipsec", "alivpc", "alloc", "gce", "awsvpc", "tencentvpc")
+KNOWN_FLANNEL_BACKENDS = (
+    "udp", "wireguard", "ipip", "ipsec", "alivpc", "alloc", "gce", "awsvpc", "tencentvpc",
+)
 
 _KEY_RE = re.compile(r"(\d+\.\d+\.\d+\.\d+)-(\d+)(?:&([a-f\d:]+)-(\d+))?$")
 
@@ -204,7 +206,8 @@ def parse_backend(raw: Any) -> BackendConfig:
     btype = btype.lower()
     if btype not in BACKENDS:
         extra = " (a flannel backend pycni does not implement)" if btype in KNOWN_FLANNEL_BACKENDS else ""
-        raise Invalid(f"unknown backend type {btype!r}{extra}; supported: host-gw, vxlan", field="Backend.Type")
+        raise Invalid(f"unknown backend type {btype!r}{extra}; supported: host-gw, vxlan",
+                      field="Backend.Type")
     if btype == "host-gw":
         return BackendConfig(type="host-gw")
     kw: dict[str, Any] = {"type": "vxlan"}
@@ -243,7 +246,8 @@ def parse_config(text: str) -> NetConfig:
     if _ci(obj, "EnableIPv6") is True:
         raise Invalid("EnableIPv6 is not supported by pycni-flanneld (IPv4 only)", field="EnableIPv6")
     if _ci(obj, "EnableIPv4") is False:
-        raise Invalid("EnableIPv4 false leaves nothing to do (pycni-flanneld is IPv4 only)", field="EnableIPv4")
+        raise Invalid("EnableIPv4 false leaves nothing to do (pycni-flanneld is IPv4 only)",
+                      field="EnableIPv4")
     net_s = _ci(obj, "Network")
     if not net_s:
         raise Invalid("please define a correct Network parameter in the flannel config", field="Network")
@@ -283,7 +287,8 @@ def check_against_underlay(cfg: NetConfig, underlay: list[ipaddress.IPv4Network]
     """The pod Network must not overlap the node's own networks (it would steal their routes)."""
     for net in underlay:
         if cfg.network.overlaps(net):
-            raise Invalid(f"Network {cfg.network} overlaps the node's underlay network {net}", field="Network")
+            raise Invalid(f"Network {cfg.network} overlaps the node's underlay network {net}",
+                          field="Network")
 
 
 def vxlan_backend_data(vni: int, mac: str) -> dict[str, Any]:

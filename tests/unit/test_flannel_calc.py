@@ -31,7 +31,8 @@ def ctx(conf: str, **kw: object) -> NodeContext:
 
 
 def vx(ip: str, mac: str) -> str:
-    return f'{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}'
+    return (f'{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan",'
+            f'"BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}')
 
 
 def test_host_gw_routes_via_public_ip() -> None:

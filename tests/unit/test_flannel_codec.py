@@ -1,4 +1,4 @@
-"""flannel formats: lease keys, LeaseAttrs JSON as Go writes it, net-conf.json defaults and errors, subnet.env."""
+"""flannel formats: lease keys, LeaseAttrs JSON as Go writes it, net-conf.json defaults/errors, subnet.env."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def test_subnet_keys_round_trip() -> None:
 
 
 def test_lease_attrs_json_is_what_flannel_writes() -> None:
-    doc = '{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}'
+    doc = ('{"PublicIP":"192.168.64.3","PublicIPv6":null,"BackendType":"vxlan",'
+           '"BackendData":{"VNI":1,"VtepMAC":"c6:d2:32:6f:8f:44"}}')
     a = LeaseAttrs(ipaddress.IPv4Address("192.168.64.3"), "vxlan", vxlan_backend_data(1, "c6:d2:32:6f:8f:44"))
     assert a.to_json() == doc
     assert LeaseAttrs.from_json(doc) == a
@@ -41,7 +42,8 @@ def test_lease_attrs_json_is_what_flannel_writes() -> None:
 
 
 def test_lease_attrs_case_insensitive_and_bad() -> None:
-    a = LeaseAttrs.from_json('{"publicip":"10.0.0.1","backendtype":"vxlan","backenddata":{"vtepmac":"AA:BB:CC:DD:EE:FF"}}')
+    a = LeaseAttrs.from_json('{"publicip":"10.0.0.1","backendtype":"vxlan",'
+                             '"backenddata":{"vtepmac":"AA:BB:CC:DD:EE:FF"}}')
     assert a.public_ip == ipaddress.IPv4Address("10.0.0.1") and a.vtep_mac == "aa:bb:cc:dd:ee:ff"
     for bad in ("nope", "[]", '{"PublicIP":"x"}', '{"PublicIP":"1.2.3.4","BackendData":3}'):
         with pytest.raises(Invalid):
@@ -60,7 +62,8 @@ def test_config_defaults() -> None:
     assert c.subnet_len == 26 and str(c.subnet_min) == "10.20.0.64" and str(c.subnet_max) == "10.20.0.192"
     assert len(c.candidate_subnets()) == 3
     # the seed's spelling ("Directrouting") works, as Go's JSON decoding is case-insensitive
-    c = parse_config('{"Network":"10.20.0.0/16","Backend":{"Type":"vxlan","Directrouting":true,"VNI":7,"Port":4789}}')
+    c = parse_config('{"Network":"10.20.0.0/16",'
+                     '"Backend":{"Type":"vxlan","Directrouting":true,"VNI":7,"Port":4789}}')
     assert c.backend.direct_routing and c.backend.vni == 7 and c.backend.dstport == 4789
     assert c.backend.device == "flannel.7"
     assert parse_config('{"Network":"10.1.0.0/16"}').backend.type == "vxlan"
