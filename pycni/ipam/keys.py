@@ -1,0 +1,267 @@
+"""Calico's IPAM key layout under `/calico/ipam/v2/`, and the small records that live there.
+
+Keys and JSON are libcalico-go's (`lib/backend/model/{block,block_affinity,ipam_handle,ipam_config}.go`)
+so `calicoctl ipam show` reads what we write and we read what Calico writes:
+
+    /calico/ipam/v2/assignment/ipv4/block/10.244.0.0-26      AllocationBlock (see `block.py`)
+    /calico/ipam/v2/host/<node>/ipv4/block/10.244.0.0-26     {"state": "confirmed", "deleted": false}
+    /calico/ipam/v2/handle/<handleID>                        {"block": {"10.244.0.0/26": 1}, "deleted": false}
+    /calico/ipam/v2/config            {"strict_affinity": false, "auto_allocate_blocks": true}
+
+Handles: Calico's `IPAMHandle` marks `HandleID` as `json:"-"`, so the id lives only in the key; we
+write exactly Calico's two fields and ignore any others on read.
+
+IPPools (`/calico/resources/v3/projectcalico.org/ippools/<name>`) belong to the Calico resource codec
+(`pycni.datastore.calico`); `IPPoolInfo` below is the narrow view IPAM needs, decoded here while
+that codec is absent (`allocator.read_pools` is the one caller).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pycni.errors import Invalid
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+IPAM_PREFIX = "/calico/ipam/v2/"
+BLOCK_PREFIX = "/calico/ipam/v2/assignment/"
+HOST_PREFIX = "/calico/ipam/v2/host/"
+HANDLE_PREFIX = "/calico/ipam/v2/handle/"
+IPAM_CONFIG_KEY = "/calico/ipam/v2/config"
+IPPOOL_PREFIX = "/calico/resources/v3/projectcalico.org/ippools/"
+
+STATE_PENDING = "pending"
+STATE_CONFIRMED = "confirmed"
+STATE_PENDING_DELETION = "pendingDeletion"
+
+#: Calico's handles for tunnel addresses (node/pkg/allocateip/allocateip.go).
+IPIP_TUNNEL_HANDLE = "ipip-tunnel-addr-{node}"
+VXLAN_TUNNEL_HANDLE = "vxlan-tunnel-addr-{node}"
+VXLAN_V6_TUNNEL_HANDLE = "vxlan-v6-tunnel-addr-{node}"
+WIREGUARD_TUNNEL_HANDLE = "wireguard-tunnel-addr-{node}"
+
+
+def tunnel_handle(kind: str, node: str) -> str:
+    """`tunnel_handle("ipip", "n1") == "ipip-tunnel-addr-n1"` (kinds: ipip, vxlan, vxlan-v6, wireguard)."""
+    return f"{kind}-tunnel-addr-{node}"
+
+
+def _cidr_part(cidr: IPNetwork) -> str:
+    return f"{cidr.network_address}-{cidr.prefixlen}"
+
+
+def block_key(cidr: IPNetwork) -> str:
+    return f"{BLOCK_PREFIX}ipv{cidr.version}/block/{_cidr_part(cidr)}"
+
+
+def block_prefix(version: int | None = None) -> str:
+    return BLOCK_PREFIX if version is None else f"{BLOCK_PREFIX}ipv{version}/block/"
+
+
+def affinity_key(node: str, cidr: IPNetwork) -> str:
+    return f"{HOST_PREFIX}{node}/ipv{cidr.version}/block/{_cidr_part(cidr)}"
+
+
+def affinity_prefix(node: str | None = None, version: int | None = None) -> str:
+    if node is None:
+        return HOST_PREFIX
+    if version is None:
+        return f"{HOST_PREFIX}{node}/"
+    return f"{HOST_PREFIX}{node}/ipv{version}/block/"
+
+
+def handle_key(handle_id: str) -> str:
+    return f"{HANDLE_PREFIX}{handle_id}"
+
+
+def ippool_key(name: str) -> str:
+    return f"{IPPOOL_PREFIX}{name}"
+
+
+def _parse_cidr_part(part: str) -> IPNetwork | None:
+    addr, sep, plen = part.rpartition("-")
+    if not sep:
+        return None
+    try:
+        return ipaddress.ip_network(f"{addr}/{plen}")
+    except ValueError:
+        return None
+
+
+def parse_block_key(key: str) -> IPNetwork | None:
+    """The block CIDR from a block key, or None when the key is not one."""
+    if not key.startswith(BLOCK_PREFIX):
+        return None
+    parts = key[len(BLOCK_PREFIX) :].split("/")
+    if len(parts) != 3 or parts[1] != "block" or parts[0] not in ("ipv4", "ipv6"):
+        return None
+    return _parse_cidr_part(parts[2])
+
+
+def parse_affinity_key(key: str) -> tuple[str, IPNetwork] | None:
+    """(node, block CIDR) from a host affinity key, or None."""
+    if not key.startswith(HOST_PREFIX):
+        return None
+    parts = key[len(HOST_PREFIX) :].split("/")
+    if len(parts) != 4 or parts[2] != "block" or parts[1] not in ("ipv4", "ipv6") or not parts[0]:
+        return None
+    cidr = _parse_cidr_part(parts[3])
+    return None if cidr is None else (parts[0], cidr)
+
+
+def _load_object(value: str, what: str) -> dict[str, Any]:
+    try:
+        obj = json.loads(value)
+    except ValueError as e:
+        raise Invalid(f"{what}: not JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise Invalid(f"{what}: expected a JSON object")
+    return obj
+
+
+# -- block affinity ---------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class BlockAffinity:
+    state: str = STATE_PENDING
+    deleted: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"state": self.state, "deleted": self.deleted}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, value: str) -> BlockAffinity:
+        obj = _load_object(value, "block affinity")
+        return cls(state=str(obj.get("state") or STATE_PENDING), deleted=bool(obj.get("deleted", False)))
+
+
+# -- handle -----------------------------------------------------------------------------------
+@dataclass(slots=True)
+class IPAMHandle:
+    """How many addresses a handle holds in each block (keys are block CIDR strings)."""
+
+    block: dict[str, int] = field(default_factory=dict)
+    deleted: bool = False
+
+    def to_json(self) -> str:
+        obj = {"block": dict(sorted(self.block.items())), "deleted": self.deleted}
+        return json.dumps(obj, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, value: str) -> IPAMHandle:
+        obj = _load_object(value, "ipam handle")
+        blocks = obj.get("block") or {}
+        if not isinstance(blocks, dict):
+            raise Invalid("ipam handle: 'block' must be an object")
+        try:
+            counts = {str(k): int(v) for k, v in blocks.items()}
+        except (TypeError, ValueError):
+            raise Invalid("ipam handle: block counts must be integers") from None
+        return cls(block=counts, deleted=bool(obj.get("deleted", False)))
+
+    def empty(self) -> bool:
+        return not any(n > 0 for n in self.block.values())
+
+
+# -- IPAM config ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class IPAMConfig:
+    """Calico's defaults when the key is absent: no strict affinity, blocks auto-allocated.
+
+    When the key exists, an absent field is Go's zero value (false / 0), as Calico reads it.
+    `max_blocks_per_host` 0 means "no limit" here (Calico's own default for v3 IPAMConfiguration is
+    20, but the etcd model's zero value is what libcalico-go passes on: unlimited).
+    """
+
+    strict_affinity: bool = False
+    auto_allocate_blocks: bool = True
+    max_blocks_per_host: int = 0
+
+    def to_json(self) -> str:
+        obj: dict[str, Any] = {
+            "strict_affinity": self.strict_affinity,
+            "auto_allocate_blocks": self.auto_allocate_blocks,
+        }
+        if self.max_blocks_per_host:
+            obj["maxBlocksPerHost"] = self.max_blocks_per_host
+        return json.dumps(obj, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, value: str) -> IPAMConfig:
+        obj = _load_object(value, "ipam config")
+        try:
+            mbph = int(obj.get("maxBlocksPerHost") or 0)
+        except (TypeError, ValueError):
+            raise Invalid("ipam config: bad maxBlocksPerHost", field="maxBlocksPerHost") from None
+        return cls(
+            strict_affinity=bool(obj.get("strict_affinity", False)),
+            auto_allocate_blocks=bool(obj.get("auto_allocate_blocks", False)),
+            max_blocks_per_host=mbph,
+        )
+
+
+# -- IPPool (IPAM's view) -----------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class IPPoolInfo:
+    name: str
+    cidr: IPNetwork
+    block_size: int
+    disabled: bool = False
+    node_selector: str = "all()"
+    ipip_mode: str = "Never"
+    vxlan_mode: str = "Never"
+    nat_outgoing: bool = False
+
+    def block_for(self, ip: IPAddress) -> IPNetwork:
+        """The block CIDR that holds `ip` in this pool."""
+        return ipaddress.ip_network(f"{ip}/{self.block_size}", strict=False)
+
+    def selects(self, node: str) -> bool:
+        """Whether this pool's nodeSelector admits `node` for automatic assignment.
+
+        Only `all()` (or empty) and `!all()` are understood without node labels; any other selector
+        is treated as matching (pycni does not evaluate label selectors yet; see docs/ipam.md).
+        """
+        sel = self.node_selector.strip()
+        return sel != "!all()"
+
+
+def default_block_size(version: int) -> int:
+    return 26 if version == 4 else 122
+
+
+def parse_ippool(key: str, value: str) -> IPPoolInfo:
+    """Decode a v3 IPPool resource as Calico stores it in etcd. Raises `Invalid` on bad records."""
+    obj = _load_object(value, f"ippool {key}")
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    if not isinstance(meta, dict) or not isinstance(spec, dict):
+        raise Invalid(f"ippool {key}: metadata and spec must be objects")
+    name = str(meta.get("name") or key.rsplit("/", 1)[-1])
+    try:
+        cidr = ipaddress.ip_network(str(spec.get("cidr", "")), strict=False)
+    except ValueError:
+        raise Invalid(f"ippool {name}: bad cidr {spec.get('cidr')!r}", field="cidr") from None
+    bs_raw = spec.get("blockSize") or default_block_size(cidr.version)
+    try:
+        block_size = int(bs_raw)
+    except (TypeError, ValueError):
+        raise Invalid(f"ippool {name}: bad blockSize {bs_raw!r}", field="blockSize") from None
+    lo, hi = (20, 32) if cidr.version == 4 else (116, 128)
+    if not lo <= block_size <= hi or block_size < cidr.prefixlen:
+        raise Invalid(f"ippool {name}: blockSize {block_size} outside {lo}-{hi} or larger than the pool",
+                      field="blockSize")
+    return IPPoolInfo(
+        name=name,
+        cidr=cidr,
+        block_size=block_size,
+        disabled=bool(spec.get("disabled", False)),
+        node_selector=str(spec.get("nodeSelector") or "all()"),
+        ipip_mode=str(spec.get("ipipMode") or "Never"),
+        vxlan_mode=str(spec.get("vxlanMode") or "Never"),
+        nat_outgoing=bool(spec.get("natOutgoing", False)),
+    )
