@@ -68,9 +68,17 @@ def render_nodes(lab: Lab) -> Table:
     for col in ("node", "netns", "underlay", "segment", "processes", "pods"):
         table.add_column(col)
     for n in st.get("nodes", []):
-        procs = " ".join(f"{k}:{'[green]up[/green]' if v else '[red]dead[/red]'}" for k, v in n["processes"].items())
-        table.add_row(n["name"], n["netns"] if n["netns_present"] else f"[red]{n['netns']} (missing)[/red]",
-                      n["ip"], str(n["segment"]), procs or "-", " ".join(n["pods"]) or "-")
+        procs = " ".join(
+            f"{k}:{'[green]up[/green]' if v else '[red]dead[/red]'}" for k, v in n["processes"].items()
+        )
+        table.add_row(
+            n["name"],
+            n["netns"] if n["netns_present"] else f"[red]{n['netns']} (missing)[/red]",
+            n["ip"],
+            str(n["segment"]),
+            procs or "-",
+            " ".join(n["pods"]) or "-",
+        )
     return table
 
 
@@ -87,8 +95,13 @@ def print_routes(lab: Lab) -> None:
 def cmd_up(args: argparse.Namespace) -> int:
     lab = Lab(args.name)
     t0 = time.monotonic()
-    lab.up(nodes=args.nodes, segments=args.segments, mode=args.mode, keep_on_failure=args.keep_on_failure,
-           **_parse_opts(args.opt))
+    lab.up(
+        nodes=args.nodes,
+        segments=args.segments,
+        mode=args.mode,
+        keep_on_failure=args.keep_on_failure,
+        **_parse_opts(args.opt),
+    )
     console.print(render_nodes(lab))
     console.print(f"lab {lab.name} up in {time.monotonic() - t0:.2f}s")
     return 0
@@ -159,7 +172,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     console.print(render_nodes(lab))
     others = [p for p in st["processes"] if p.get("node") not in {n["name"] for n in st["nodes"]}]
     for p in others:
-        console.print(f"{p['key']}: pid {p['pid']} {'[green]alive[/green]' if p['alive'] else '[red]dead[/red]'}")
+        console.print(
+            f"{p['key']}: pid {p['pid']} {'[green]alive[/green]' if p['alive'] else '[red]dead[/red]'}"
+        )
     console.print(f"state {st['state']}, segments {st['segments']}, record {lab.dir}/record.json")
     return 0
 
@@ -237,7 +252,9 @@ def _wrap(fn: Any) -> Any:
 
 def register(subparsers: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--name", default=DEFAULT_NAME, help="lab name (default: %(default)s, env PYCNI_LAB_NAME)")
+    common.add_argument(
+        "--name", default=DEFAULT_NAME, help="lab name (default: %(default)s, env PYCNI_LAB_NAME)"
+    )
     common.add_argument("-v", "--verbose", action="store_true", help="log lab steps (INFO) on stderr")
 
     lab = subparsers.add_parser("lab", help="multi-node lab in network namespaces")
@@ -246,7 +263,9 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("up", parents=[common], help="create nodes, underlay, etcd and start the mode")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--segments", type=int, default=1, help="underlay L2 segments joined by a router")
-    p.add_argument("--mode", default="bridge", help="bridge (built in) or a registered mode (see `lab modes`)")
+    p.add_argument(
+        "--mode", default="bridge", help="bridge (built in) or a registered mode (see `lab modes`)"
+    )
     p.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE", help="mode option (repeatable)")
     p.add_argument("--keep-on-failure", action="store_true", help="leave a half-built lab for inspection")
     p.set_defaults(func=_wrap(cmd_up))
@@ -256,7 +275,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--any-repo", action="store_true", help="with --all: labs from any repository")
     p.set_defaults(func=_wrap(cmd_down))
 
-    p = sub.add_parser("exec", parents=[common], help="run a command in a node (n1), hub, etcd, rtr or pod (n1/web)")
+    p = sub.add_parser(
+        "exec", parents=[common], help="run a command in a node (n1), hub, etcd, rtr or pod (n1/web)"
+    )
     p.add_argument("node")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
     p.set_defaults(func=_wrap(cmd_exec))
@@ -279,7 +300,9 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("modes", parents=[common], help="list registered modes")
     p.set_defaults(func=_wrap(cmd_modes))
 
-    p = sub.add_parser("demo", parents=[common], help="up each available mode, add pods, show routes + pings, down")
+    p = sub.add_parser(
+        "demo", parents=[common], help="up each available mode, add pods, show routes + pings, down"
+    )
     p.set_defaults(name="demo")
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--pods", type=int, default=2, help="pods per node")

@@ -81,8 +81,14 @@ class LabPod:
         return f"{self.node}/{self.name}"
 
 
-def _run(argv: list[str], *, input: str | None = None, check: bool = True, env: dict[str, str] | None = None,
-         timeout: float | None = 60) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str],
+    *,
+    input: str | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+    timeout: float | None = 60,
+) -> subprocess.CompletedProcess[str]:
     try:
         cp = subprocess.run(argv, input=input, capture_output=True, text=True, env=env, timeout=timeout)
     except FileNotFoundError as e:
@@ -162,7 +168,9 @@ class Lab:
             return name
         v = self.record["nodes"].get(name)
         if v is None:
-            raise Invalid(f"lab {self.name}: no node {name!r} (have {', '.join(self.record['nodes']) or 'none'})")
+            raise Invalid(
+                f"lab {self.name}: no node {name!r} (have {', '.join(self.record['nodes']) or 'none'})"
+            )
         return self._node_of(v)
 
     @property
@@ -170,8 +178,11 @@ class Lab:
         rec = self._rf.load()
         if rec is None:
             return []
-        out = [LabPod(v["node"], v["name"], v["netns"], v["container_id"], v.get("ip"), v.get("result") or {})
-               for v in rec["pods"].values() if v.get("state") == "ready"]
+        out = [
+            LabPod(v["node"], v["name"], v["netns"], v["container_id"], v.get("ip"), v.get("result") or {})
+            for v in rec["pods"].values()
+            if v.get("state") == "ready"
+        ]
         return sorted(out, key=lambda p: (plan.node_index(p.node), p.name))
 
     @property
@@ -226,17 +237,29 @@ class Lab:
 
     # ------------------------------------------------------------------ up / down
 
-    def up(self, nodes: int = 3, segments: int = 1, mode: str = "bridge", *, wait_timeout: float = 60.0,
-           keep_on_failure: bool = False, **opts: Any) -> Lab:
+    def up(
+        self,
+        nodes: int = 3,
+        segments: int = 1,
+        mode: str = "bridge",
+        *,
+        wait_timeout: float = 60.0,
+        keep_on_failure: bool = False,
+        **opts: Any,
+    ) -> Lab:
         """Build the lab; on failure tear down what was made (unless keep_on_failure) and re-raise."""
         plans = plan.plan_nodes(nodes, segments)
         rec = self._rf.load()
         if rec is not None:
-            raise Invalid(f"lab {self.name!r} already exists (state {rec.get('state')}); "
-                          f"run `pycnictl lab down --name {self.name}` first")
+            raise Invalid(
+                f"lab {self.name!r} already exists (state {rec.get('state')}); "
+                f"run `pycnictl lab down --name {self.name}` first"
+            )
         stray = [ns for ns in netns_list() if plan.netns_pattern(self.name).match(ns)]
         if stray:
-            raise Invalid(f"lab {self.name!r}: leftover namespaces {stray}; run `pycnictl lab down --name {self.name}`")
+            raise Invalid(
+                f"lab {self.name!r}: leftover namespaces {stray}; run `pycnictl lab down --name {self.name}`"
+            )
         mode_obj = modes_mod.get(mode)
         why = modes_mod.unavailable_reason(mode_obj)
         if why:
@@ -264,8 +287,14 @@ class Lab:
                 log.warning("lab up failed, tearing down", lab=self.name)
                 self.down()
             raise
-        log.info("lab up", lab=self.name, nodes=nodes, segments=segments, mode=mode,
-                 seconds=round(time.monotonic() - t0, 2))
+        log.info(
+            "lab up",
+            lab=self.name,
+            nodes=nodes,
+            segments=segments,
+            mode=mode,
+            seconds=round(time.monotonic() - t0, 2),
+        )
         return self
 
     def _make_underlay(self, segments: int) -> None:
@@ -282,8 +311,10 @@ class Lab:
             hub_cmds, rtr_cmds = [], []
             for s in range(segments):
                 port = plan.hub_port(f"r{s}")
-                hub_cmds += [f"link add {port} type veth peer name eth{s} netns {rtr}",
-                             f"link set {port} master {plan.bridge_name(s)} up"]
+                hub_cmds += [
+                    f"link add {port} type veth peer name eth{s} netns {rtr}",
+                    f"link set {port} master {plan.bridge_name(s)} up",
+                ]
                 rtr_cmds += [f"addr add {plan.router_ip(s)}/24 dev eth{s}", f"link set eth{s} up"]
             self.ip_batch(hub, hub_cmds)
             self.ip_batch(rtr, rtr_cmds)
@@ -292,8 +323,13 @@ class Lab:
     def _attach(self, ns: str, what: str, seg: int, ip: str, gateway: str | None) -> None:
         hub = plan.netns_hub(self.name)
         port = plan.hub_port(what)
-        self.ip_batch(hub, [f"link add {port} type veth peer name eth0 netns {ns}",
-                            f"link set {port} master {plan.bridge_name(seg)} up"])
+        self.ip_batch(
+            hub,
+            [
+                f"link add {port} type veth peer name eth0 netns {ns}",
+                f"link set {port} master {plan.bridge_name(seg)} up",
+            ],
+        )
         cmds = [f"addr add {ip}/24 dev eth0", "link set eth0 up"]
         if gateway:
             cmds.append(f"route add {plan.UNDERLAY} via {gateway} dev eth0")
@@ -308,13 +344,25 @@ class Lab:
         data = os.path.join(self.dir, "etcd")
         os.makedirs(data, exist_ok=True)
         ename = f"{self.name}-etcd"
-        argv = [etcd, "--name", ename, "--data-dir", os.path.join(data, "data"),
-                "--listen-client-urls", f"http://{plan.ETCD_IP}:{plan.ETCD_PORT},http://127.0.0.1:{plan.ETCD_PORT}",
-                "--advertise-client-urls", self.etcd_endpoint,
-                "--listen-peer-urls", "http://127.0.0.1:2380",
-                "--initial-advertise-peer-urls", "http://127.0.0.1:2380",
-                "--initial-cluster", f"{ename}=http://127.0.0.1:2380",
-                "--snapshot-count", "10000"]
+        argv = [
+            etcd,
+            "--name",
+            ename,
+            "--data-dir",
+            os.path.join(data, "data"),
+            "--listen-client-urls",
+            f"http://{plan.ETCD_IP}:{plan.ETCD_PORT},http://127.0.0.1:{plan.ETCD_PORT}",
+            "--advertise-client-urls",
+            self.etcd_endpoint,
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            f"{ename}=http://127.0.0.1:2380",
+            "--snapshot-count",
+            "10000",
+        ]
         self._spawn_in(ns, "etcd", "etcd", argv, os.path.join(data, "etcd.log"), None)
 
     def _wait_etcd(self, timeout: float) -> None:
@@ -324,16 +372,24 @@ class Lab:
             if cp.returncode == 0:
                 return
             if time.monotonic() > deadline:
-                raise LabError(f"etcd not healthy after {timeout}s: {cp.stderr.strip()} "
-                               f"(log: {self.dir}/etcd/etcd.log)")
+                raise LabError(
+                    f"etcd not healthy after {timeout}s: {cp.stderr.strip()} (log: {self.dir}/etcd/etcd.log)"
+                )
             time.sleep(0.1)
 
     def _make_node(self, p: plan.NodePlan) -> LabNode:
         ns = plan.netns_node(self.name, p.name)
         ndir = os.path.join(self.dir, "nodes", p.name)
         with self._rf.mutate() as rec:
-            rec["nodes"][p.name] = {"name": p.name, "index": p.index, "netns": ns, "ip": str(p.ip),
-                                    "segment": p.segment, "dir": ndir, "state": "creating"}
+            rec["nodes"][p.name] = {
+                "name": p.name,
+                "index": p.index,
+                "netns": ns,
+                "ip": str(p.ip),
+                "segment": p.segment,
+                "dir": ndir,
+                "state": "creating",
+            }
         for sub in NODE_SUBDIRS:
             os.makedirs(os.path.join(ndir, sub), exist_ok=True)
         self._netns_add(ns)
@@ -367,7 +423,7 @@ class Lab:
             self.mode.node_stop(self, n)
         finally:
             rec = self.record
-            for key, pod in list(rec["pods"].items()):
+            for pod in list(rec["pods"].values()):
                 if pod["node"] == n.name:
                     self._netns_del(pod["netns"])
             self._stop_processes([e for e in rec["processes"] if e.get("node") == n.name])
@@ -389,12 +445,14 @@ class Lab:
         if rec is not None:
             with self._rf.mutate() as r:
                 r["state"] = "stopping"
-            removed += [f"process {e.get('key')} pid {e.get('pid')}" for e in self._stop_processes(rec["processes"])]
+            removed += [
+                f"process {e.get('key')} pid {e.get('pid')}" for e in self._stop_processes(rec["processes"])
+            ]
         pattern = plan.netns_pattern(self.name)
         names = set(rec["netns"] if rec else []) | {ns for ns in netns_list() if pattern.match(ns)}
 
         def order(ns: str) -> tuple[int, str]:  # pods, nodes, router, etcd, hub last
-            tail = ns[len(self.name) + 1:]
+            tail = ns[len(self.name) + 1 :]
             return ({"hub": 4, "etcd": 3, "rtr": 2}.get(tail, 0 if tail.count("-") else 1), ns)
 
         for ns in sorted(names, key=order):
@@ -437,14 +495,18 @@ class Lab:
 
     # ------------------------------------------------------------------ processes
 
-    def spawn(self, node: str | LabNode, proc_name: str, argv: list[str],
-              env: dict[str, str] | None = None) -> int:
+    def spawn(
+        self, node: str | LabNode, proc_name: str, argv: list[str], env: dict[str, str] | None = None
+    ) -> int:
         """Run argv inside the node's netns, in its own session, logging to `<node dir>/log/<proc>.log`."""
         n = self.node(node)
-        return self._spawn_in(n.netns, n.name, proc_name, argv, os.path.join(n.dir, "log", f"{proc_name}.log"), env)
+        return self._spawn_in(
+            n.netns, n.name, proc_name, argv, os.path.join(n.dir, "log", f"{proc_name}.log"), env
+        )
 
-    def _spawn_in(self, ns: str, owner: str, proc_name: str, argv: list[str], logpath: str,
-                  env: dict[str, str] | None) -> int:
+    def _spawn_in(
+        self, ns: str, owner: str, proc_name: str, argv: list[str], logpath: str, env: dict[str, str] | None
+    ) -> int:
         key = f"{owner}/{proc_name}"
         for e in self.record["processes"]:
             if e["key"] == key and proc_matches(e):
@@ -455,12 +517,28 @@ class Lab:
         full_env.update(env or {})
         os.makedirs(os.path.dirname(logpath), exist_ok=True)
         with open(logpath, "ab") as logf:
-            child = subprocess.Popen(wrapper, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                     env=full_env, start_new_session=True, close_fds=True)
+            child = subprocess.Popen(
+                wrapper,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
+                close_fds=True,
+            )
         self._children[child.pid] = child
         st = proc_stat(child.pid)
-        entry = {"key": key, "node": owner, "name": proc_name, "netns": ns, "pid": child.pid,
-                 "starttime": st[1] if st else None, "argv": argv, "wrapper": wrapper, "log": logpath}
+        entry = {
+            "key": key,
+            "node": owner,
+            "name": proc_name,
+            "netns": ns,
+            "pid": child.pid,
+            "starttime": st[1] if st else None,
+            "argv": argv,
+            "wrapper": wrapper,
+            "log": logpath,
+        }
         with self._rf.mutate() as rec:
             rec["processes"] = [e for e in rec["processes"] if e["key"] != key] + [entry]
         log.info("lab process started", lab=self.name, key=key, pid=child.pid)
@@ -477,7 +555,9 @@ class Lab:
                 return int(e["pid"])
         return None
 
-    def kill(self, node: str | LabNode, proc_name: str, sig: int = signal.SIGTERM, timeout: float = 5.0) -> bool:
+    def kill(
+        self, node: str | LabNode, proc_name: str, sig: int = signal.SIGTERM, timeout: float = 5.0
+    ) -> bool:
         """Signal a recorded process; for TERM/INT/KILL wait for it to exit (escalating to KILL).
         Returns False when it was not running."""
         owner = node.name if isinstance(node, LabNode) else node
@@ -494,8 +574,9 @@ class Lab:
             os.kill(int(e["pid"]), sig)
         return True
 
-    def _stop_processes(self, entries: list[dict[str, Any]], sig: int = signal.SIGTERM,
-                        timeout: float = 5.0) -> list[dict[str, Any]]:
+    def _stop_processes(
+        self, entries: list[dict[str, Any]], sig: int = signal.SIGTERM, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
         """TERM (or `sig`) every entry whose PID is still ours, wait, KILL the rest; reap our children."""
         live = [e for e in entries if proc_matches(e)]
         for e in live:
@@ -530,22 +611,45 @@ class Lab:
 
     # ------------------------------------------------------------------ commands inside
 
-    def exec(self, node: str | LabNode, argv: list[str], check: bool = True, *, input: str | None = None,
-             env: dict[str, str] | None = None, timeout: float | None = 120) -> subprocess.CompletedProcess[str]:
+    def exec(
+        self,
+        node: str | LabNode,
+        argv: list[str],
+        check: bool = True,
+        *,
+        input: str | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float | None = 120,
+    ) -> subprocess.CompletedProcess[str]:
         """Run argv inside a node (or `hub`/`etcd`/`rtr`/`n1/pod`) netns and capture its output."""
         ns = self.netns_of(node)
         full_env = None
         if env:
             full_env = dict(os.environ)
             full_env.update(env)
-        return _run(["nsenter", f"--net=/run/netns/{ns}", "--", *[str(a) for a in argv]], input=input,
-                    check=check, env=full_env, timeout=timeout)
+        return _run(
+            ["nsenter", f"--net=/run/netns/{ns}", "--", *[str(a) for a in argv]],
+            input=input,
+            check=check,
+            env=full_env,
+            timeout=timeout,
+        )
 
     def etcdctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """etcdctl (API v3) against the lab's etcd, run inside the etcd netns."""
         env = dict(os.environ, ETCDCTL_API="3")
-        return _run(["nsenter", f"--net=/run/netns/{self.etcd_netns}", "etcdctl",
-                     f"--endpoints=http://127.0.0.1:{plan.ETCD_PORT}", *args], check=check, env=env, timeout=30)
+        return _run(
+            [
+                "nsenter",
+                f"--net=/run/netns/{self.etcd_netns}",
+                "etcdctl",
+                f"--endpoints=http://127.0.0.1:{plan.ETCD_PORT}",
+                *args,
+            ],
+            check=check,
+            env=env,
+            timeout=30,
+        )
 
     def etcd_put(self, key: str, value: str) -> None:
         self.etcdctl("put", key, "--", value) if value.startswith("-") else self.etcdctl("put", key, value)
@@ -553,8 +657,10 @@ class Lab:
     def etcd_get_prefix(self, prefix: str) -> dict[str, str]:
         cp = self.etcdctl("get", "--prefix", prefix, "-w", "json")
         data = json.loads(cp.stdout or "{}")
-        return {base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
-                for kv in data.get("kvs", [])}
+        return {
+            base64.b64decode(kv["key"]).decode(): base64.b64decode(kv.get("value", "")).decode()
+            for kv in data.get("kvs", [])
+        }
 
     def etcd_get(self, key: str) -> str | None:
         cp = self.etcdctl("get", key, "-w", "json")
@@ -573,11 +679,24 @@ class Lab:
         with open(os.path.join(d, files[0])) as f:
             conf: dict[str, Any] = json.load(f)
         if "plugins" not in conf:  # a single-plugin .conf
-            conf = {"cniVersion": conf.get("cniVersion", "1.0.0"), "name": conf.get("name", "net"), "plugins": [conf]}
+            conf = {
+                "cniVersion": conf.get("cniVersion", "1.0.0"),
+                "name": conf.get("name", "net"),
+                "plugins": [conf],
+            }
         return conf
 
-    def _cni(self, n: LabNode, command: str, pod: str, pod_ns: str, container_id: str, plugin: dict[str, Any],
-             conflist: dict[str, Any], prev: dict[str, Any] | None) -> subprocess.CompletedProcess[str]:
+    def _cni(
+        self,
+        n: LabNode,
+        command: str,
+        pod: str,
+        pod_ns: str,
+        container_id: str,
+        plugin: dict[str, Any],
+        conflist: dict[str, Any],
+        prev: dict[str, Any] | None,
+    ) -> subprocess.CompletedProcess[str]:
         conf = dict(plugin)
         conf["name"] = conflist.get("name", "net")
         conf["cniVersion"] = conflist.get("cniVersion", "1.0.0")
@@ -592,13 +711,18 @@ class Lab:
             "CNI_IFNAME": "eth0",
             "CNI_PATH": bindir,
             "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={pod};"
-                        f"K8S_POD_INFRA_CONTAINER_ID={container_id}",
+            f"K8S_POD_INFRA_CONTAINER_ID={container_id}",
         }
         for k in ("PYTHONPATH", "PYCNI_LOG_LEVEL", "PYCNI_IN_UML"):
             if k in os.environ:
                 env[k] = os.environ[k]
-        return _run(["nsenter", f"--net=/run/netns/{n.netns}", os.path.join(bindir, str(plugin["type"]))],
-                    input=json.dumps(conf), check=False, env=env, timeout=60)
+        return _run(
+            ["nsenter", f"--net=/run/netns/{n.netns}", os.path.join(bindir, str(plugin["type"]))],
+            input=json.dumps(conf),
+            check=False,
+            env=env,
+            timeout=60,
+        )
 
     @staticmethod
     def _cni_error(cp: subprocess.CompletedProcess[str]) -> str:
@@ -618,8 +742,15 @@ class Lab:
         pod_ns = plan.netns_pod(self.name, n.name, pod)
         cid = hashlib.sha256(f"{self.name}/{key}".encode()).hexdigest()
         with self._rf.mutate() as rec:
-            rec["pods"][key] = {"node": n.name, "name": pod, "netns": pod_ns, "container_id": cid,
-                                "ip": None, "result": None, "state": "adding"}
+            rec["pods"][key] = {
+                "node": n.name,
+                "name": pod,
+                "netns": pod_ns,
+                "container_id": cid,
+                "ip": None,
+                "result": None,
+                "state": "adding",
+            }
         self._netns_add(pod_ns)
         conflist = self.conflist(n)
         prev: dict[str, Any] | None = None
@@ -634,7 +765,9 @@ class Lab:
                 prev = json.loads(cp.stdout)
             except json.JSONDecodeError as e:
                 self._pod_cleanup(n, pod, pod_ns, cid, conflist, prev)
-                raise LabError(f"CNI ADD {plugin.get('type')} for {key}: bad result {cp.stdout[:200]!r}") from e
+                raise LabError(
+                    f"CNI ADD {plugin.get('type')} for {key}: bad result {cp.stdout[:200]!r}"
+                ) from e
         result = prev or {}
         ips = result.get("ips") or []
         ip = str(ips[0]["address"]).split("/")[0] if ips else None
@@ -643,8 +776,15 @@ class Lab:
         log.info("lab pod added", lab=self.name, pod=key, ip=ip, ms=round((time.monotonic() - t0) * 1000, 1))
         return result
 
-    def _pod_cleanup(self, n: LabNode, pod: str, pod_ns: str, cid: str, conflist: dict[str, Any],
-                     prev: dict[str, Any] | None) -> list[str]:
+    def _pod_cleanup(
+        self,
+        n: LabNode,
+        pod: str,
+        pod_ns: str,
+        cid: str,
+        conflist: dict[str, Any],
+        prev: dict[str, Any] | None,
+    ) -> list[str]:
         errors = []
         for plugin in reversed(conflist["plugins"]):
             cp = self._cni(n, "DEL", pod, pod_ns, cid, plugin, conflist, prev)
@@ -663,8 +803,9 @@ class Lab:
         entry = self.record["pods"].get(key)
         if entry is None:
             raise Invalid(f"lab {self.name}: no pod {key!r}")
-        errors = self._pod_cleanup(n, pod, entry["netns"], entry["container_id"], self.conflist(n),
-                                   entry.get("result"))
+        errors = self._pod_cleanup(
+            n, pod, entry["netns"], entry["container_id"], self.conflist(n), entry.get("result")
+        )
         if errors:
             raise LabError(f"CNI DEL for {key} failed (netns removed anyway): {'; '.join(errors)}")
         log.info("lab pod deleted", lab=self.name, pod=key)
@@ -707,12 +848,22 @@ class Lab:
         present = set(netns_list())
         procs = [dict(e, alive=proc_matches(e)) for e in rec["processes"]]
         return {
-            "name": self.name, "state": rec.get("state"), "mode": rec.get("mode"), "segments": rec.get("segments"),
-            "etcd": self.etcd_endpoint, "dir": self.dir, "repo": rec.get("repo"),
-            "nodes": [dict(n.__dict__, netns_present=n.netns in present,
-                           processes={p["name"]: p["alive"] for p in procs if p.get("node") == n.name},
-                           pods=[f"{p.name}={p.ip}" for p in self.pods if p.node == n.name])
-                      for n in self.nodes],
+            "name": self.name,
+            "state": rec.get("state"),
+            "mode": rec.get("mode"),
+            "segments": rec.get("segments"),
+            "etcd": self.etcd_endpoint,
+            "dir": self.dir,
+            "repo": rec.get("repo"),
+            "nodes": [
+                dict(
+                    n.__dict__,
+                    netns_present=n.netns in present,
+                    processes={p["name"]: p["alive"] for p in procs if p.get("node") == n.name},
+                    pods=[f"{p.name}={p.ip}" for p in self.pods if p.node == n.name],
+                )
+                for n in self.nodes
+            ],
             "processes": procs,
             "netns": [(ns, ns in present) for ns in rec["netns"]],
         }

@@ -134,18 +134,20 @@ class BridgeMode:
         return {
             "cniVersion": "1.0.0",
             "name": "lab-bridge",
-            "plugins": [{
-                "type": "bridge",
-                "bridge": "cni0",
-                "isGateway": True,
-                "ipMasq": False,
-                "ipam": {
-                    "type": "host-local",
-                    "ranges": [[{"subnet": str(plan.bridge_pod_cidr(node.index))}]],
-                    "routes": [{"dst": "0.0.0.0/0"}],
-                    "dataDir": os.path.join(node.dir, "var/lib/cni/networks"),
-                },
-            }],
+            "plugins": [
+                {
+                    "type": "bridge",
+                    "bridge": "cni0",
+                    "isGateway": True,
+                    "ipMasq": False,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": str(plan.bridge_pod_cidr(node.index))}]],
+                        "routes": [{"dst": "0.0.0.0/0"}],
+                        "dataDir": os.path.join(node.dir, "var/lib/cni/networks"),
+                    },
+                }
+            ],
         }
 
     def wait_ready(self, lab: Lab, node: LabNode, timeout: float) -> None:

@@ -136,8 +136,9 @@ class NodePlan:
     @classmethod
     def of(cls, index: int, segments: int) -> NodePlan:
         seg = segment_of(index, segments)
-        return cls(index, node_name(index), seg, node_ip(index, segments),
-                   router_ip(seg) if segments > 1 else None)
+        return cls(
+            index, node_name(index), seg, node_ip(index, segments), router_ip(seg) if segments > 1 else None
+        )
 
 
 def plan_nodes(count: int, segments: int) -> list[NodePlan]:

@@ -42,7 +42,11 @@ def empty_record(name: str, repo: str) -> dict[str, Any]:
 
 def validate(rec: Any, path: str) -> dict[str, Any]:
     """Check the shape of a loaded record; a clear error instead of a KeyError three calls later."""
-    if not isinstance(rec, dict) or rec.get("version") != RECORD_VERSION or not isinstance(rec.get("name"), str):
+    if (
+        not isinstance(rec, dict)
+        or rec.get("version") != RECORD_VERSION
+        or not isinstance(rec.get("name"), str)
+    ):
         raise Invalid(f"{path}: not a pycni lab record (version {RECORD_VERSION})")
     for key, typ in (("netns", list), ("nodes", dict), ("pods", dict), ("processes", list), ("files", list)):
         if not isinstance(rec.get(key), typ):
@@ -117,7 +121,7 @@ def proc_stat(pid: int) -> tuple[str, int] | None:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
     # comm may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rfind(")") + 2:].split()
+    rest = data[data.rfind(")") + 2 :].split()
     return rest[0], int(rest[19])
 
 
