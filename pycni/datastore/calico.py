@@ -962,9 +962,17 @@ def decode_all(items: Iterable[tuple[str, str]], expect: type[R]) -> Iterator[R]
         try:
             res = decode(key, value, expect)
         except Invalid as e:
-            log.warning("bad resource skipped", key=key, error=str(e))
+            # Once per bad value, not once per recalculation.
+            if _reported.get(key) != value:
+                if len(_reported) > 10000:
+                    _reported.clear()
+                _reported[key] = value
+                log.warning("bad resource skipped", key=key, error=str(e))
             continue
         yield res  # type: ignore[misc]
+
+
+_reported: dict[str, str] = {}
 
 
 # ----------------------------------------------------------------------------------------------
