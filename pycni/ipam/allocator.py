@@ -623,7 +623,8 @@ class BlockAllocator:
                 log.info("addresses released", block=str(cidr),
                          ips=[str(i) for i in group if i not in missing])
                 break
-        return not_allocated
+        missing_set = set(not_allocated)
+        return [ip for ip in dict.fromkeys(wanted) if ip in missing_set]  # in the caller's order
 
     def release_by_handle(self, handle_id: str) -> list[IPAddress]:
         """Free every address of `handle_id` and delete the handle; [] when there is none (idempotent)."""
