@@ -11,8 +11,8 @@ What felix programs (all routes carry RTPROT_FELIX, so a restart sweeps by mark)
   veth `proxy_arp=1` (the pod's gateway 169.254.1.1 exists nowhere; the host answers ARP for it),
   `neigh/.../proxy_delay=0` (else the kernel delays proxy replies up to 0.8 s), `forwarding=1`;
   `net/ipv4/ip_forward=1` for the node;
-- per own affine block in an IPIP/VXLAN pool: `blackhole <block>` (addresses of the block not
-  (yet) on this node must not leak to the default route); bgpd blackholes no-encap blocks;
+- per own affine block (any pool): `blackhole <block>` (addresses of the block not (yet) on this
+  node must not leak to the default route; bgpd installs no blackholes, so there is one writer);
 - per remote block in an IPIP/VXLAN pool, the CrossSubnet choice of `calc.encap.route_kind`:
   direct `via <node ip> dev <underlay>`, IPIP `via <node ip> dev tunl0 onlink` (onlink: the peer
   is not on tunl0's "subnet", the kernel must take our word), VXLAN `via <remote VTEP ip> dev
@@ -47,7 +47,8 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: What felix watches: every v3 resource we model, and the IPAM host affinities.
 AFFINITY_PREFIX = "/calico/ipam/v2/host/"
-SYNC_PREFIXES = (c.IPPOOLS_PREFIX, c.NODES_PREFIX, c.WEPS_PREFIX, c.FELIXCONFIG_PREFIX, AFFINITY_PREFIX)
+SYNC_PREFIXES = (c.IPPOOLS_PREFIX, c.NODES_PREFIX, c.WEPS_PREFIX, c.FELIXCONFIG_PREFIX, c.BGPCONFIG_PREFIX,
+                 AFFINITY_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -274,13 +275,27 @@ def calc_felix(cfg: FelixConfig, snapshot: Snapshot) -> FelixSpec:
             ifname=CALI_VXLAN_DEV, lladdr=node.vxlan_tunnel_mac, dst=node.ip)
         return Route(dst=dst, gateway=vtep_ip, oif=CALI_VXLAN_DEV, proto=proto, onlink=True)
 
+    # IPIP pool routes are felix's unless handed to bgpd (Calico's programClusterRoutes on both
+    # resources); VXLAN pool routes are always felix's; no-encap ones always bgpd's.
+    bgp_cfg = next((b for b in c.decode_all(snapshot.items(c.BGPCONFIG_PREFIX), c.BGPConfiguration)
+                    if b.name == "default"), None)
+    ipip_to_bgpd = settings.program_cluster_routes == "Disabled" or (
+        bgp_cfg is not None and bgp_cfg.program_cluster_routes == "Enabled")
+
+    def felix_owns(pool: c.IPPool | None) -> bool:
+        if pool is None or owner(pool) != "felix":
+            return False
+        return not (pool.encapsulation == "ipip" and ipip_to_bgpd)
+
     for block, node_name in sorted(blocks.items(), key=lambda kv: (kv[0].version, kv[0])):
         pool = pool_for(block, pools)
-        if pool is None or owner(pool) != "felix":
-            continue  # no-encap pools (and strays) are bgpd's
         if node_name == me_name:
-            routes.setdefault(block, Route(dst=block, type="blackhole", proto=proto))
+            if pool is not None:
+                routes.setdefault(block, Route(dst=block, type="blackhole", proto=proto))
             continue
+        if not felix_owns(pool):
+            continue  # no-encap pools (and strays) are bgpd's
+        assert pool is not None
         r = remote_route(block, node_name, pool)
         if r is not None:
             routes.setdefault(block, r)
@@ -297,7 +312,7 @@ def calc_felix(cfg: FelixConfig, snapshot: Snapshot) -> FelixSpec:
                    for b in own_blocks.get(wep.node, [])):
                 continue
             pool = pool_for(net, pools)
-            if pool is None or owner(pool) != "felix":
+            if pool is None or not felix_owns(pool):
                 continue
             r = remote_route(net, wep.node, pool)
             if r is not None:

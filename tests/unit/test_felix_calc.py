@@ -99,8 +99,9 @@ def test_local_workloads_and_sysctls() -> None:
     assert sc["net/ipv4/conf/cali0000000000a/forwarding"] == "1"
     assert "net/ipv4/conf/cali0000000000b/proxy_arp" not in sc  # n2's workload
     assert spec.local_endpoints == 1
-    # No-encap pool: block routes are bgpd's, felix only does local workloads.
-    assert N("10.244.2.0/26") not in r and N("10.244.1.0/26") not in r
+    # No-encap pool: remote block routes are bgpd's; the own block is blackholed by felix.
+    assert N("10.244.2.0/26") not in r
+    assert r[N("10.244.1.0/26")].type == "blackhole"
     assert spec.tunnels == ()
     assert spec.workload_mtu == 1500
 
@@ -198,3 +199,12 @@ def test_felix_configuration_per_node_overrides() -> None:
     assert spec.tunnels[0].mtu == 1300
     spec2 = calc_felix(FelixConfig(nodename="n2", underlay_dev="eth0"), snap(*kvs))
     assert spec2.tunnels[0].mtu == 1400
+
+
+def test_program_cluster_routes_hands_ipip_to_bgpd() -> None:
+    b = c.BGPConfiguration.from_spec(c.Meta("default"), {"programClusterRoutes": "Enabled"})
+    spec = calc_felix(CFG, snap(*base("Always"), (c.key_for(b), c.encode(b))))
+    r = spec.routes_by_dst()
+    assert N("10.244.2.0/26") not in r and r[N("10.244.1.0/26")].type == "blackhole"
+    spec2 = calc_felix(CFG, snap(*base(mode_vxlan="Always"), (c.key_for(b), c.encode(b))))
+    assert N("10.244.2.0/26") in spec2.routes_by_dst()  # VXLAN stays felix's
