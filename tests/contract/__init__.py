@@ -1,0 +1,1 @@
+"""Contract suites shared by a fake and the real thing (imported by tests/unit and tests/integration)."""
