@@ -1,0 +1,168 @@
+"""EtcdDatastore against a real etcd 3.4 on loopback: the shared datastore contract plus etcd-only
+behaviour (Unavailable while down, ordered failover, the on-the-wire key layout).
+
+One etcd serves the module (keys are namespaced per test); the restart test restarts it in place.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterator
+
+import pytest
+from contract.datastore_contract import DatastoreContract, Recorder, eventually, syncing
+
+from pycni.datastore import Datastore, SyncStatus
+from pycni.datastore.etcd import EtcdDatastore, parse_endpoints
+from pycni.errors import Invalid, Unavailable
+from pycni.testing.etcd import EtcdServer, etcd_fixture, free_port
+
+pytestmark = [pytest.mark.etcd]
+
+etcd = pytest.fixture(etcd_fixture, scope="module", name="etcd")
+
+_ids = itertools.count()
+
+
+class EtcdHarness:
+    ttl = 1.0
+    slack = 3.0  # etcd's lessor checks expiry every 500 ms; leases may run up to ~1 s over
+    can_restart = True
+
+    def __init__(self, server: EtcdServer) -> None:
+        self.server = server
+        self.ds = EtcdDatastore(server.endpoint, timeout=2)
+        self.prefix = f"/pycni-test/{next(_ids)}-{time.monotonic_ns()}/"
+        self._clients: list[EtcdDatastore] = [self.ds]
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    def client(self) -> Datastore:
+        c = EtcdDatastore(self.server.endpoint, timeout=2)
+        self._clients.append(c)
+        return c
+
+    def let_time_pass(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def compact(self) -> None:
+        self.server.compact()
+
+    def restart(self) -> None:
+        self.server.restart(down_for=0.3)
+
+    def close(self) -> None:
+        for c in self._clients:
+            c.close()
+
+
+@pytest.fixture
+def harness(etcd: EtcdServer) -> Iterator[EtcdHarness]:
+    if not etcd.running:
+        etcd.start()
+    h = EtcdHarness(etcd)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+class TestEtcdDatastoreContract(DatastoreContract):
+    pass
+
+
+def test_values_are_stored_verbatim(etcd: EtcdServer) -> None:
+    """flannel and calicoctl read what we write: the key and the JSON text are exactly ours."""
+    ds = EtcdDatastore(etcd.endpoint)
+    try:
+        value = '{"PublicIP":"10.99.0.1","BackendType":"vxlan","BackendData":{"VNI":1}}'
+        ds.create("/coreos.com/network/subnets/10.244.1.0-24", value, ttl=60)
+        out = etcd.etcdctl("get", "/coreos.com/network/subnets/10.244.1.0-24", "--print-value-only")
+        assert out.strip() == value
+        lease = ds.get("/coreos.com/network/subnets/10.244.1.0-24")
+        assert lease is not None
+        ttl = etcd.etcdctl("lease", "timetolive", f"{lease.lease:x}")
+        assert "granted with TTL(60s)" in ttl
+        etcd.etcdctl("put", "/coreos.com/network/config", '{"Network":"10.244.0.0/16"}')
+        cfg = ds.get("/coreos.com/network/config")
+        assert cfg is not None and cfg.value == '{"Network":"10.244.0.0/16"}' and cfg.lease == 0
+    finally:
+        ds.delete("/coreos.com/network/subnets/10.244.1.0-24")
+        ds.delete("/coreos.com/network/config")
+        ds.close()
+
+
+def test_unavailable_while_down_then_recovers(etcd: EtcdServer) -> None:
+    ds = EtcdDatastore(etcd.endpoint, timeout=1)
+    try:
+        ds.put("/pycni-test/down/k", "v")
+        etcd.stop()
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable):
+            ds.get("/pycni-test/down/k")
+        with pytest.raises(Unavailable):
+            ds.create("/pycni-test/down/k2", "v")
+        assert time.monotonic() - t0 < 3
+        etcd.start()
+        eventually(lambda: _get_or_none(ds, "/pycni-test/down/k") == "v", 10, "the client to reconnect")
+    finally:
+        if not etcd.running:
+            etcd.start()
+        ds.close()
+
+
+def _get_or_none(ds: EtcdDatastore, key: str) -> str | None:
+    try:
+        v = ds.get(key)
+    except Unavailable:
+        return None
+    return v.value if v else None
+
+
+def test_sync_waits_for_an_unreachable_etcd(etcd: EtcdServer) -> None:
+    """Started while etcd is down: WAIT_FOR_DATASTORE only, then the list and IN_SYNC once it is up."""
+    etcd.stop()
+    ds = EtcdDatastore(etcd.endpoint, timeout=1)
+    rec = Recorder()
+    try:
+        with syncing(ds, ["/pycni-test/late/"], rec):
+            time.sleep(0.5)
+            assert rec.statuses() == [SyncStatus.WAIT_FOR_DATASTORE]
+            etcd.start()
+            eventually(lambda: rec.in_sync_count() == 1, 10, "IN_SYNC once etcd is up")
+            ds.put("/pycni-test/late/k", "v")
+            eventually(lambda: rec.has("/pycni-test/late/k", "v"), 5)
+        assert SyncStatus.RESYNC not in rec.statuses()
+    finally:
+        if not etcd.running:
+            etcd.start()
+        ds.close()
+
+
+def test_endpoints_are_tried_in_order(etcd: EtcdServer) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    ds = EtcdDatastore([dead, etcd.endpoint], timeout=1)
+    try:
+        v = ds.put("/pycni-test/failover/k", "v")
+        assert ds.get("/pycni-test/failover/k") == v
+        rec = Recorder()
+        with syncing(ds, ["/pycni-test/failover/"], rec):
+            eventually(lambda: rec.has("/pycni-test/failover/k", "v"), 5)
+    finally:
+        ds.close()
+    with pytest.raises(Unavailable):
+        lonely = EtcdDatastore(f"{dead},{dead}", timeout=0.5)
+        try:
+            lonely.get("/x")
+        finally:
+            lonely.close()
+
+
+def test_parse_endpoints() -> None:
+    assert parse_endpoints("http://10.0.0.1:2379,127.0.0.1:4001") == [("10.0.0.1", 2379), ("127.0.0.1", 4001)]
+    assert parse_endpoints(["http://[::1]:2379", "etcd"]) == [("::1", 2379), ("etcd", 2379)]
+    for bad in ("https://10.0.0.1:2379", "", "http://h:notaport"):
+        with pytest.raises(Invalid):
+            parse_endpoints(bad)
