@@ -33,7 +33,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from pycni.datastore import Datastore, Versioned
+from pycni.datastore import Datastore, Versioned, calico
+from pycni.datastore.calico import USE_TUNNEL, USE_WORKLOAD, IPPool
 from pycni.errors import AlreadyExists, CasConflict, Invalid, PycniError, Transient
 from pycni.ipam import keys
 from pycni.ipam.block import AllocationAttribute, AllocationBlock, host_affinity
@@ -44,7 +45,6 @@ from pycni.ipam.keys import (
     BlockAffinity,
     IPAMConfig,
     IPAMHandle,
-    IPPoolInfo,
 )
 
 log = structlog.get_logger(__name__)
@@ -100,7 +100,21 @@ def _fnv1_32(data: bytes) -> int:
     return h
 
 
-def block_order(pool: IPPoolInfo, node: str) -> Iterator[IPNetwork]:
+def block_for(pool: IPPool, ip: IPAddress) -> IPNetwork:
+    """The block CIDR that holds `ip` in `pool`."""
+    return ipaddress.ip_network(f"{ip}/{pool.block_size}", strict=False)
+
+
+def selects(pool: IPPool, node: str) -> bool:
+    """Whether the pool's nodeSelector admits `node` for automatic assignment.
+
+    Only `all()` (or empty) and `!all()` are understood without node labels; any other selector
+    is treated as matching (pycni does not evaluate label selectors yet; see docs/ipam.md).
+    """
+    return pool.node_selector.strip() != "!all()"
+
+
+def block_order(pool: IPPool, node: str) -> Iterator[IPNetwork]:
     """Every block CIDR of `pool`, starting at a node-specific block and wrapping around."""
     n_blocks = 1 << (pool.block_size - pool.cidr.prefixlen)
     step = 1 << (pool.cidr.max_prefixlen - pool.block_size)
@@ -114,18 +128,9 @@ def block_order(pool: IPPoolInfo, node: str) -> Iterator[IPNetwork]:
         yield ipaddress.ip_network((base + idx * step, pool.block_size))
 
 
-def read_pools(ds: Datastore) -> list[IPPoolInfo]:
-    """Every decodable IPPool, by name. A bad record is logged and skipped, never fatal.
-
-    Private stand-in for the Calico resource codec (`pycni.datastore.calico`) until it lands.
-    """
-    pools: list[IPPoolInfo] = []
-    for v in ds.list(keys.IPPOOL_PREFIX):
-        try:
-            pools.append(keys.parse_ippool(v.key, v.value))
-        except Invalid as e:
-            log.warning("bad ippool skipped", key=v.key, error=str(e))
-    return sorted(pools, key=lambda p: p.name)
+def read_pools(ds: Datastore) -> list[IPPool]:
+    """Every decodable IPPool, by name. A bad record is logged and skipped, never fatal."""
+    return sorted(calico.list_resources(ds, IPPool), key=lambda p: p.name)
 
 
 def _utc_rfc3339(t: float) -> str:
@@ -224,18 +229,22 @@ class BlockAllocator:
         log.info("ipam config written", strict_affinity=cfg.strict_affinity,
                  auto_allocate_blocks=cfg.auto_allocate_blocks)
 
-    def pools(self) -> list[IPPoolInfo]:
+    def pools(self) -> list[IPPool]:
         return read_pools(self._ds)
 
-    def _candidate_pools(self, requested: Sequence[str] | None, version: int) -> list[IPPoolInfo]:
-        all_pools = [p for p in self.pools() if p.cidr.version == version]
+    def _candidate_pools(self, requested: Sequence[str] | None, version: int, use: str) -> list[IPPool]:
+        all_pools = [p for p in self.pools() if p.cidr.version == version and use in p.allowed_uses]
         if requested is None:
-            return [p for p in all_pools if not p.disabled and p.selects(self.node)]
-        chosen: list[IPPoolInfo] = []
+            return [
+                p for p in all_pools
+                if not p.disabled and p.assignment_mode == "Automatic" and selects(p, self.node)
+            ]
+        chosen: list[IPPool] = []
         for want in requested:
             match = [p for p in all_pools if p.name == want or str(p.cidr) == want]
             if not match:
-                raise Invalid(f"IP pool {want!r} does not exist", field="pools")
+                raise Invalid(f"IP pool {want!r} does not exist (for IPv{version} {use} addresses)",
+                              field="pools")
             if match[0].disabled:
                 raise Invalid(f"IP pool {want!r} is disabled", field="pools")
             chosen.append(match[0])
@@ -453,7 +462,7 @@ class BlockAllocator:
             return ips
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _find_claimable(self, pools: Sequence[IPPoolInfo], cfg: IPAMConfig, version: int) -> IPNetwork | None:
+    def _find_claimable(self, pools: Sequence[IPPool], cfg: IPAMConfig, version: int) -> IPNetwork | None:
         """A block CIDR to claim: unclaimed, or ours with room; else an old empty block to reclaim."""
         existing = self._list_blocks(version)
         if cfg.max_blocks_per_host:
@@ -487,18 +496,21 @@ class BlockAllocator:
 
     def auto_assign(
         self, handle_id: str | None, attrs: Mapping[str, str] | None = None, *,
-        pools: Sequence[str] | None = None, num: int = 1, version: int = 4,
+        pools: Sequence[str] | None = None, num: int = 1, version: int = 4, use: str | None = None,
     ) -> list[IPInterface]:
         """Assign `num` addresses to `handle_id`; returns them block-masked (e.g. 10.244.0.5/26).
 
         All or nothing: when fewer than `num` can be found, whatever was taken is released again and
         `NoFreeAddresses` is raised. `pools` are pool names or CIDRs; None means every enabled pool
-        of the family whose nodeSelector admits this node.
+        of the family whose nodeSelector admits this node. `use` is the pool's allowedUses entry the
+        address is for: "Workload" by default, "Tunnel" for tunnel handles (`*-tunnel-addr-*`).
         """
         if num < 1:
             raise Invalid(f"num must be at least 1, not {num}", field="num")
+        if use is None:
+            use = USE_TUNNEL if handle_id and "-tunnel-addr-" in handle_id else USE_WORKLOAD
         cfg = self.config()
-        candidates = self._candidate_pools(pools, version)
+        candidates = self._candidate_pools(pools, version, use)
         if not candidates:
             raise NoFreeAddresses(f"no enabled IPv{version} pool for node {self.node}")
 
@@ -559,7 +571,7 @@ class BlockAllocator:
         pool = next((p for p in self.pools() if not p.disabled and ip in p.cidr), None)
         if pool is None:
             raise Invalid(f"{ip} is not in any enabled IP pool", field="ip")
-        cidr = pool.block_for(ip)
+        cidr = block_for(pool, ip)
         for _ in self._attempts("assign ip", ip=str(ip)):
             got = self._get_block(cidr)
             if got is None:

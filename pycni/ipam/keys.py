@@ -11,9 +11,8 @@ so `calicoctl ipam show` reads what we write and we read what Calico writes:
 Handles: Calico's `IPAMHandle` marks `HandleID` as `json:"-"`, so the id lives only in the key; we
 write exactly Calico's two fields and ignore any others on read.
 
-IPPools (`/calico/resources/v3/projectcalico.org/ippools/<name>`) belong to the Calico resource codec
-(`pycni.datastore.calico`); `IPPoolInfo` below is the narrow view IPAM needs, decoded here while
-that codec is absent (`allocator.read_pools` is the one caller).
+IPPools (`/calico/resources/v3/projectcalico.org/ippools/<name>`) are Calico v3 resources and belong
+to `pycni.datastore.calico`; IPAM reads them through that codec.
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ BLOCK_PREFIX = "/calico/ipam/v2/assignment/"
 HOST_PREFIX = "/calico/ipam/v2/host/"
 HANDLE_PREFIX = "/calico/ipam/v2/handle/"
 IPAM_CONFIG_KEY = "/calico/ipam/v2/config"
-IPPOOL_PREFIX = "/calico/resources/v3/projectcalico.org/ippools/"
 
 STATE_PENDING = "pending"
 STATE_CONFIRMED = "confirmed"
@@ -77,10 +75,6 @@ def affinity_prefix(node: str | None = None, version: int | None = None) -> str:
 
 def handle_key(handle_id: str) -> str:
     return f"{HANDLE_PREFIX}{handle_id}"
-
-
-def ippool_key(name: str) -> str:
-    return f"{IPPOOL_PREFIX}{name}"
 
 
 def _parse_cidr_part(part: str) -> IPNetwork | None:
@@ -202,66 +196,3 @@ class IPAMConfig:
             auto_allocate_blocks=bool(obj.get("auto_allocate_blocks", False)),
             max_blocks_per_host=mbph,
         )
-
-
-# -- IPPool (IPAM's view) -----------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class IPPoolInfo:
-    name: str
-    cidr: IPNetwork
-    block_size: int
-    disabled: bool = False
-    node_selector: str = "all()"
-    ipip_mode: str = "Never"
-    vxlan_mode: str = "Never"
-    nat_outgoing: bool = False
-
-    def block_for(self, ip: IPAddress) -> IPNetwork:
-        """The block CIDR that holds `ip` in this pool."""
-        return ipaddress.ip_network(f"{ip}/{self.block_size}", strict=False)
-
-    def selects(self, node: str) -> bool:
-        """Whether this pool's nodeSelector admits `node` for automatic assignment.
-
-        Only `all()` (or empty) and `!all()` are understood without node labels; any other selector
-        is treated as matching (pycni does not evaluate label selectors yet; see docs/ipam.md).
-        """
-        sel = self.node_selector.strip()
-        return sel != "!all()"
-
-
-def default_block_size(version: int) -> int:
-    return 26 if version == 4 else 122
-
-
-def parse_ippool(key: str, value: str) -> IPPoolInfo:
-    """Decode a v3 IPPool resource as Calico stores it in etcd. Raises `Invalid` on bad records."""
-    obj = _load_object(value, f"ippool {key}")
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    if not isinstance(meta, dict) or not isinstance(spec, dict):
-        raise Invalid(f"ippool {key}: metadata and spec must be objects")
-    name = str(meta.get("name") or key.rsplit("/", 1)[-1])
-    try:
-        cidr = ipaddress.ip_network(str(spec.get("cidr", "")), strict=False)
-    except ValueError:
-        raise Invalid(f"ippool {name}: bad cidr {spec.get('cidr')!r}", field="cidr") from None
-    bs_raw = spec.get("blockSize") or default_block_size(cidr.version)
-    try:
-        block_size = int(bs_raw)
-    except (TypeError, ValueError):
-        raise Invalid(f"ippool {name}: bad blockSize {bs_raw!r}", field="blockSize") from None
-    lo, hi = (20, 32) if cidr.version == 4 else (116, 128)
-    if not lo <= block_size <= hi or block_size < cidr.prefixlen:
-        raise Invalid(f"ippool {name}: blockSize {block_size} outside {lo}-{hi} or larger than the pool",
-                      field="blockSize")
-    return IPPoolInfo(
-        name=name,
-        cidr=cidr,
-        block_size=block_size,
-        disabled=bool(spec.get("disabled", False)),
-        node_selector=str(spec.get("nodeSelector") or "all()"),
-        ipip_mode=str(spec.get("ipipMode") or "Never"),
-        vxlan_mode=str(spec.get("vxlanMode") or "Never"),
-        nat_outgoing=bool(spec.get("natOutgoing", False)),
-    )

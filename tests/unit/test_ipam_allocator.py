@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pycni.datastore import Versioned
+from pycni.datastore import Versioned, calico
 from pycni.datastore.memory import MemoryDatastore
 from pycni.errors import AlreadyExists, CasConflict, Invalid, Transient, Unavailable
 from pycni.ipam import keys
@@ -21,8 +21,8 @@ def add_pool(ds: MemoryDatastore, name: str, cidr: str, block_size: int = 26, **
     body = {"cidr": cidr, "blockSize": block_size, "ipipMode": "Never", "vxlanMode": "Never",
             "natOutgoing": True, "disabled": False, "nodeSelector": "all()"}
     body.update(spec)
-    ds.put(keys.ippool_key(name), json.dumps({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
-                                              "metadata": {"name": name}, "spec": body}))
+    doc = {"kind": "IPPool", "apiVersion": "projectcalico.org/v3", "metadata": {"name": name}, "spec": body}
+    ds.put(calico.resource_key(calico.IPPool, name), json.dumps(doc))
 
 
 class Wall:
@@ -57,8 +57,9 @@ def ds() -> MemoryDatastore:
 
 def test_first_allocation_claims_the_nodes_block_and_writes_calico_records(ds: MemoryDatastore) -> None:
     a = alloc(ds, "node-1")
-    first = next(block_order(keys.parse_ippool("k", ds.get(keys.ippool_key("default-ipv4-ippool")).value),
-                             "node-1"))  # type: ignore[union-attr]
+    pool = calico.get_resource(ds, calico.IPPool, "default-ipv4-ippool")
+    assert pool is not None
+    first = next(block_order(pool[0], "node-1"))
     got = a.auto_assign("k8s-pod-network.c1", {"namespace": "default", "node": "node-1", "pod": "p1"})
     assert [str(i) for i in got] == [f"{first.network_address}/26"]
     assert json.loads(ds.get(keys.affinity_key("node-1", first)).value) == {  # type: ignore[union-attr]
@@ -333,7 +334,7 @@ def test_usage(ds: MemoryDatastore) -> None:
 
 
 def test_bad_records_do_not_stop_allocation(ds: MemoryDatastore) -> None:
-    ds.put(keys.ippool_key("broken"), "{not json")
+    ds.put(calico.resource_key(calico.IPPool, "broken"), "{not json")
     a = alloc(ds, "n1")
     first = a.auto_assign("h")[0].network
     ds.put(keys.block_key(ipaddress.ip_network("10.244.255.0/26")), "garbage")
@@ -365,3 +366,17 @@ def test_threads_on_three_nodes_get_distinct_addresses(ds: MemoryDatastore) -> N
     assert len(results) == 204 and len({r.ip for r in results}) == 204
     total = sum(p.in_use for p in alloc(ds, "x").usage())
     assert total == 204
+
+
+def test_allowed_uses_and_manual_pools(ds: MemoryDatastore) -> None:
+    add_pool(ds, "tunnels-only", "10.13.0.0/24", allowedUses=["Tunnel"])
+    add_pool(ds, "manual", "10.14.0.0/24", assignmentMode="Manual")
+    a = alloc(ds, "n1")
+    workload = ipaddress.ip_network("10.244.0.0/16")
+    for i in range(4):
+        assert a.auto_assign(f"k8s-pod-network.{i}")[0].ip in workload
+    tunnel = a.auto_assign(keys.tunnel_handle("ipip", "n1"), {"node": "n1", "type": "ipipTunnelAddress"})
+    assert tunnel[0].ip in workload or tunnel[0].ip in ipaddress.ip_network("10.13.0.0/24")
+    assert a.auto_assign("h", pools=["manual"])[0].ip in ipaddress.ip_network("10.14.0.0/24")
+    with pytest.raises(Invalid):
+        a.auto_assign("h", pools=["tunnels-only"])

@@ -153,15 +153,3 @@ def test_small_records() -> None:
     cfg = keys.IPAMConfig.from_json('{"strict_affinity": true}')
     assert cfg.strict_affinity and not cfg.auto_allocate_blocks  # Go zero value when the key exists
     assert keys.IPAMConfig() == keys.IPAMConfig(False, True, 0)
-
-
-def test_parse_ippool() -> None:
-    value = json.dumps({"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
-                        "metadata": {"name": "p1"},
-                        "spec": {"cidr": "10.244.0.0/16", "ipipMode": "Always", "natOutgoing": True}})
-    p = keys.parse_ippool(keys.ippool_key("p1"), value)
-    assert (p.name, str(p.cidr), p.block_size, p.ipip_mode, p.nat_outgoing) == (
-        "p1", "10.244.0.0/16", 26, "Always", True)
-    assert str(p.block_for(ip("10.244.3.77"))) == "10.244.3.64/26"
-    with pytest.raises(Invalid):
-        keys.parse_ippool("k", json.dumps({"spec": {"cidr": "10.0.0.0/16", "blockSize": 8}}))
