@@ -165,6 +165,9 @@ class _ChainsDriver:
                 rules.setdefault(chain, []).append(rule)
         return rules
 
+    def _restore(self, table: str, lines: list[str]) -> None:
+        self._run(["iptables-restore", "--noflush", "-w"], f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
+
     def _norm(self, rule: str) -> str:
         return rule.replace('"', "").replace("  ", " ").strip()
 
@@ -192,7 +195,7 @@ class _ChainsDriver:
                             lines.append(f"-D {hook} {r}")
                     lines += [f"-F {name}", f"-X {name}"]
             if lines:
-                self._run(["iptables-restore", "--noflush", "-w"], f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
+                self._restore(table, lines)
                 log.info("iptables chains written", table=table, lines=len(lines))
         self._resync = False
         self._in_sync = True
@@ -200,7 +203,6 @@ class _ChainsDriver:
 
     def remove_all(self) -> None:
         """Delete our chains and the jumps to them (clean shutdown)."""
-        chains = {(c.table, c.name): c for c in self._want}
         for (table, name) in sorted(self._owned):
             have = self._parse(self._run(["iptables-save", "-t", table], None))
             if name not in have:
@@ -211,9 +213,8 @@ class _ChainsDriver:
                     if r.endswith(f"-j {name}"):
                         lines.append(f"-D {hook} {r}")
             lines += [f"-F {name}", f"-X {name}"]
-            self._run(["iptables-restore", "--noflush", "-w"], f"*{table}\n" + "\n".join(lines) + "\nCOMMIT\n")
+            self._restore(table, lines)
             log.info("iptables chain removed", table=table, chain=name)
-        del chains
         self._in_sync = False
 
 

@@ -85,7 +85,8 @@ def test_vxlan_node_programs_device_neigh_fdb_route(tmp_path: os.PathLike[str]) 
     ds.delete(subnet_key(N("10.244.9.0/24")))
     d.emitter()(Update(subnet_key(N("10.244.9.0/24")), None, 99))
     d.agent.step()  # type: ignore[union-attr]
-    assert nl.routes(proto=RTPROT_FLANNELD) == [] and nl.neighs("flannel.1") == [] and nl.fdbs("flannel.1") == []
+    assert nl.routes(proto=RTPROT_FLANNELD) == []
+    assert nl.neighs("flannel.1") == [] and nl.fdbs("flannel.1") == []
 
 
 def test_host_gw_repair_and_restart_keep_routes(tmp_path: os.PathLike[str]) -> None:
