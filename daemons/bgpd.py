@@ -1,0 +1,217 @@
+"""pycni-bgpd: the BGP speaker daemon (composition root; the logic lives in pycni.bgp and pycni.calc.bgp).
+
+    pycni-bgpd --etcd-endpoints http://10.99.0.250:2379 --nodename n1
+
+Sources: the datastore (Calico Nodes, BGPConfiguration, BGPPeers, IPPools, block affinities) and
+exabgp's events (learned routes and session states, via `pycni.bgp.speaker`). Drivers, in order:
+the exabgp config (render, start, reload), the announcer (exabgp API commands) and the learned
+routes (kernel, proto RTPROT_BGPD). See docs/bgp.md for the flags and the design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+
+from pycni import log as pycni_log
+from pycni.agent import Agent, Binding, run_source
+from pycni.bgp.announcer import Announcer
+from pycni.bgp.drivers import ExaBgpConfig, LearnedRoutes
+from pycni.bgp.exabgp_process import ExaBgp
+from pycni.bgp.speaker import Speaker
+from pycni.bgp.status import StatusServer, peer_row
+from pycni.calc.bgp import DATASTORE_PREFIXES, BgpContext, BgpSpec, PeerSession, calc
+from pycni.constants import RTPROT_BGPD
+
+log = structlog.get_logger("pycni.bgpd")
+
+DEFAULT_RUN_ROOT = "/run/pycni/bgpd"
+
+
+def default_run_dir(nodename: str) -> str:
+    return os.path.join(DEFAULT_RUN_ROOT, nodename)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="pycni-bgpd",
+                                description="BGP speaker for Calico-style pod networks (exabgp)")
+    p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
+    p.add_argument("--nodename", default=os.environ.get("NODENAME") or socket.gethostname())
+    p.add_argument("--run-dir", default="",
+                   help="exabgp.conf, sockets, exabgp.log (default /run/pycni/bgpd/<node>)")
+    p.add_argument("--status-socket", default="", help="status socket (default <run-dir>/status.sock)")
+    p.add_argument("--iface", default="", help="underlay device (default: ask the kernel per next hop)")
+    p.add_argument("--exabgp", default="", help="exabgp binary (default: the venv's, else PATH)")
+    p.add_argument("--exabgp-user", default="nobody", help="user exabgp runs as (it only needs port 179)")
+    p.add_argument("--bgp-port", type=int, default=179)
+    p.add_argument("--hold-time", type=int, default=90)
+    p.add_argument("--graceful-restart", type=int, default=120, help="restart time we advertise (s)")
+    p.add_argument("--restart-window", type=float, default=120.0,
+                   help="after our restart, keep old kernel routes at most this long (s)")
+    p.add_argument("--stale-time", type=float, default=120.0,
+                   help="keep a down peer's routes this long (graceful-restart helper, s)")
+    p.add_argument("--resync-interval", type=float, default=5.0, help="re-read the kernel routes every N s")
+    p.add_argument("--secrets-dir", default="/etc/pycni/bgp-secrets",
+                   help="secretKeyRef passwords: <dir>/<name>/<key>")
+    p.add_argument("--health-host", default="127.0.0.1")
+    p.add_argument("--health-port", type=int, default=9098, help="HTTP /liveness and /readiness (0: off)")
+    p.add_argument("--log-level", default=os.environ.get("PYCNI_LOG_LEVEL", "info"))
+    return p.parse_args(argv)
+
+
+def _health_server(host: str, port: int, status: Any) -> ThreadingHTTPServer | None:
+    class H(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server API
+            doc = status()
+            key = {"/liveness": "live", "/readiness": "ready"}.get(self.path.split("?")[0])
+            if key is None:
+                self.send_response(404)
+                self.end_headers()
+                return
+            ok = bool(doc.get(key))
+            self.send_response(200 if ok else 503)
+            self.end_headers()
+            self.wfile.write(b"ok\n" if ok else b"not " + key.encode() + b"\n")
+
+        def log_message(self, *a: Any) -> None:
+            pass
+
+    try:
+        srv = ThreadingHTTPServer((host, port), H)
+    except OSError as e:
+        log.warning("health endpoint not started", host=host, port=port, error=str(e))
+        return None
+    threading.Thread(target=srv.serve_forever, name="health", daemon=True).start()
+    return srv
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    pycni_log.configure(level=args.log_level)
+    from pycni.dataplane.pyroute2_netlink import Pyroute2Netlink
+    from pycni.datastore.etcd import EtcdDatastore
+
+    nodename = args.nodename
+    run_dir = args.run_dir or default_run_dir(nodename)
+    os.makedirs(run_dir, mode=0o755, exist_ok=True)
+    os.chmod(run_dir, 0o755)  # exabgp (unprivileged) reaches its config and socket through it
+    status_path = args.status_socket or os.path.join(run_dir, "status.sock")
+
+    nl = Pyroute2Netlink()
+    via_cache: dict[str, tuple[float, tuple[Any, str] | None]] = {}
+
+    def resolve(nh: Any) -> tuple[Any, str] | None:
+        hit = via_cache.get(str(nh))
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < 10.0:
+            return hit[1]
+        r = nl.route_get(nh)
+        val = None
+        if r is not None and r.oif and r.type == "unicast":
+            val = (r.gateway, r.oif)
+        via_cache[str(nh)] = (now, val)
+        return val
+
+    def secret(name: str, key: str) -> str | None:
+        path = os.path.join(args.secrets_dir, name, key)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    ctx = BgpContext(nodename=nodename, iface=args.iface, resolve=resolve, secret=secret)
+    announcer: Announcer
+    exa: ExaBgp
+    config: ExaBgpConfig
+    routes = LearnedRoutes(nl, proto=RTPROT_BGPD)
+    agent: Agent[BgpSpec]
+
+    def program(spec: BgpSpec) -> None:
+        config.set_spec(spec)
+
+    stop = threading.Event()
+    agent = Agent(name="bgpd", calc=lambda s: calc(s, ctx), bindings=[], sources=("datastore", "bgp"),
+                  resync_interval=args.resync_interval)
+    speaker = Speaker(agent.emitter("bgp"), stale_time=args.stale_time, restart_window=args.restart_window)
+
+    def on_restart() -> None:
+        speaker.all_down()
+        agent.call_soon(announcer.exabgp_restarted)
+        agent.queue_resync()
+
+    exa = ExaBgp(conf_path=os.path.join(run_dir, "exabgp.conf"),
+                 api_socket=os.path.join(run_dir, "exabgp-api.sock"),
+                 on_event=speaker.handle, on_restart=on_restart, port=args.bgp_port, user=args.exabgp_user,
+                 exabgp=args.exabgp or None)
+    config = ExaBgpConfig(exa, hold_time=args.hold_time, graceful_restart=args.graceful_restart)
+    announcer = Announcer(exa.send)
+    for drv, prog in ((config, program), (announcer, announcer.set_spec), (routes, routes.set_spec)):
+        agent._bindings.append(Binding(drv, prog))  # noqa: SLF001 - bindings need the agent's emitter first
+
+    heartbeat = [time.monotonic()]
+
+    def status() -> dict[str, Any]:
+        spec = agent.spec
+        peers = []
+        if spec is not None and spec.ready:
+            for p in spec.peers:
+                s = spec.sessions.get(p.address, PeerSession())
+                peers.append(peer_row(str(p.address), p.kind, s.state, s.since, p.passive))
+        established = spec.established if spec is not None and spec.ready else 0
+        live = time.monotonic() - heartbeat[0] < 30.0 and (exa.proc is None or exa.running)
+        ready = bool(agent.snapshot.in_sync and agent.applied_once and spec is not None and spec.ready
+                     and established >= 1 and exa.running)
+        return {"node": nodename, "live": live, "ready": ready, "in_sync": agent.snapshot.in_sync,
+                "established": established, "peers": peers, "exabgp_pid": exa.proc.pid if exa.proc else None,
+                "kernel_routes": len(spec.routes) if spec is not None else 0,
+                "announced": len(spec.own_blocks) if spec is not None else 0}
+
+    status_srv = StatusServer(status_path, status)
+    status_srv.start()
+    health = _health_server(args.health_host, args.health_port, status) if args.health_port else None
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("signal", signum=signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    ds = EtcdDatastore(args.etcd_endpoints)
+    speaker.start()
+    run_source(ds.sync, DATASTORE_PREFIXES, agent.emitter("datastore"), stop, name="datastore")
+
+    def ticker() -> None:
+        while not stop.wait(1.0):
+            speaker.tick()
+            if exa.proc is not None and not exa.running:
+                agent.queue_resync()
+
+    threading.Thread(target=ticker, name="ticker", daemon=True).start()
+    log.info("bgpd started", node=nodename, run_dir=run_dir, status_socket=status_path)
+    try:
+        while not stop.is_set():
+            agent.step(timeout=min(agent.next_wakeup(), 1.0))
+            heartbeat[0] = time.monotonic()
+    finally:
+        log.info("bgpd stopping (kernel routes kept for graceful restart)")
+        exa.stop()
+        status_srv.stop()
+        if health is not None:
+            health.shutdown()
+        ds.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

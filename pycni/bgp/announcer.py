@@ -1,0 +1,113 @@
+"""Announcer: what each peer should hear from us, reconciled into exabgp announce/withdraw commands.
+
+A Driver whose DeltaTracker is keyed by `(peer, prefix)` with the `Announcement` (next hop and
+attributes) as value; its "dataplane" is what exabgp's adj-RIB-out holds, as far as we know.
+`apply()` pipelines every pending command and waits for exabgp's acks: `done` confirms the key,
+`error` leaves it pending for the next retry (for example a peer added by a reload exabgp has not
+finished). When exabgp restarts, its RIB is empty, so `queue_resync()` forgets everything and the
+next apply re-announces it all.
+
+Deletions for a peer that is no longer configured send nothing: the reload removed that neighbour
+and its RIB with it, and exabgp would answer `error` for an unknown neighbour forever.
+
+End-of-RIB: exabgp runs with `manual-eor`, so after each apply that leaves nothing pending we send
+EOR once per session (a session is identified by the reader's counter), telling a restarting peer
+that everything we have has been sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import structlog
+
+from pycni.bgp import exabgp_api
+from pycni.bgp.exabgp_api import Announcement, IPAddress, IPNetwork
+from pycni.calc.bgp import BgpSpec, PeerSession
+from pycni.dataplane.delta import DeltaTracker
+from pycni.errors import Transient
+
+log = structlog.get_logger(__name__)
+
+Key = tuple[IPAddress, IPNetwork]
+
+
+class Announcer:
+    name = "announcer"
+
+    def __init__(self, send: Callable[[Sequence[str]], list[bool]], *, batch: int = 2000) -> None:
+        self._send = send
+        self._batch = batch
+        self.tracker: DeltaTracker[Key, Announcement] = DeltaTracker()
+        self._peers: set[IPAddress] = set()
+        self._sessions: Mapping[IPAddress, PeerSession] = {}
+        self._eor_sent: dict[IPAddress, int] = {}
+        self.ready = False
+
+    def set_spec(self, spec: BgpSpec) -> None:
+        self.ready = spec.ready
+        if not spec.ready:
+            return
+        self.tracker.replace_desired(spec.announcements)
+        self._peers = {p.address for p in spec.peers}
+        self._sessions = spec.sessions
+
+    def queue_resync(self) -> None:
+        """Only after an exabgp restart: its RIB is empty (nothing else can drift it)."""
+
+    def exabgp_restarted(self) -> None:
+        self.tracker.replace_dataplane({})
+        self._eor_sent.clear()
+
+    def apply(self) -> bool:
+        if not self.ready:
+            return True
+        ok = True
+        dels = list(self.tracker.pending_deletions())
+        ups = list(self.tracker.pending_updates())
+        ops: list[tuple[str, Key, Announcement | None]] = []
+        for key, _ in dels:
+            if key[0] not in self._peers:
+                self.tracker.on_dataplane_deleted(key)  # neighbour gone from exabgp with its RIB
+                continue
+            ops.append((exabgp_api.withdraw_cmd(key[0], key[1]), key, None))
+        for key, ann in ups:
+            ops.append((exabgp_api.announce_cmd(key[0], key[1], ann), key, ann))
+        for i in range(0, len(ops), self._batch):
+            chunk = ops[i:i + self._batch]
+            try:
+                acks = self._send([c for c, _, _ in chunk])
+            except Transient as e:
+                log.warning("announce failed", error=str(e), pending=len(ops) - i)
+                return False
+            errors = 0
+            for (cmd, key, a), good in zip(chunk, acks, strict=True):
+                if not good:
+                    errors += 1
+                    ok = False
+                    log.debug("exabgp refused", command=cmd)
+                    continue
+                if a is None:
+                    self.tracker.on_dataplane_deleted(key)
+                else:
+                    self.tracker.on_dataplane_set(key, a)
+            log.info("announcements sent", commands=len(chunk), errors=errors)
+        if ok:
+            ok = self._send_eors()
+        return ok
+
+    def _send_eors(self) -> bool:
+        due = [(p, s.session) for p, s in sorted(self._sessions.items(), key=lambda x: str(x[0]))
+               if p in self._peers and s.state == "up" and self._eor_sent.get(p) != s.session]
+        if not due:
+            return True
+        try:
+            acks = self._send([exabgp_api.eor_cmd(p, "ipv4 unicast" if p.version == 4 else "ipv6 unicast")
+                               for p, _ in due])
+        except Transient:
+            return False
+        for (p, n), good in zip(due, acks, strict=True):
+            if good:
+                self._eor_sent[p] = n
+                log.info("end-of-rib sent", peer=str(p), session=n)
+        return True  # a session that just dropped makes `error`; the next "up" retries

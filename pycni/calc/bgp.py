@@ -1,0 +1,455 @@
+"""The BGP speaker's pure calculation: peers, announcements, reflection, kernel routes.
+
+`calc(snapshot, ctx) -> BgpSpec` reads only the snapshot (Calico v3 resources, IPAM block
+affinities, and the synthetic keys the exabgp reader writes for learned routes and session state)
+plus a few local facts fixed at start-up (`BgpContext`), so every decision here is unit-tested
+without exabgp or a kernel.
+
+Peers (Calico's rules, kube-router's shape `syncInternalPeers`): with the node-to-node mesh on,
+every other node with a BGP address is a peer; when some nodes carry a route-reflector cluster
+ID, clients peer only with the reflectors and reflectors peer with everyone. BGPPeer resources add
+global peers (no `node`/`nodeSelector`) and node-specific ones, by `peerIP` or by `peerSelector`
+(then the selected nodes' addresses and ASes). One session per address: mesh first, then node
+specific, then global. Between two of our nodes the one with the higher address is passive, as
+confd renders the mesh, so exactly one side dials.
+
+Announcements: our confirmed affine blocks (minus pools that are disabled or `disableBGPExport`)
+go to every peer with next hop self. exabgp does not reflect, so a reflector does it here: a
+client's best route goes to every other iBGP peer, a non-client's to clients only, with
+ORIGINATOR_ID set (kept if present) and our cluster ID prepended to CLUSTER_LIST; a route whose
+cluster list already holds our ID, or whose originator is us, is a loop and is dropped.
+
+Kernel routes (`proto RTPROT_BGPD`): the best learned route per prefix, from a peer still in the
+peer set, never for our own blocks. Pool ownership follows modern Calico: VXLAN pools are felix's;
+IPIP pools are felix's unless `BGPConfiguration.programClusterRoutes` is `Enabled`, in which case
+we program them as felix would (CrossSubnet: via `tunl0 onlink` only across subnets); no-encap
+pools and anything outside the pools are ours unless `programClusterRoutes` is `Disabled`.
+
+Graceful restart: after our own restart the kernel still holds the routes the previous run
+installed. `hold_deletions` stays true (the route driver only adds and replaces) until every peer
+has sent End-of-RIB on its current session or the restart window has closed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from pycni.bgp.exabgp_api import Announcement, RouteAttrs
+from pycni.calc.encap import pool_for, route_kind
+from pycni.constants import IPIP_DEV, RTPROT_BGPD
+from pycni.dataplane.netlink import Route
+from pycni.datastore.calico import (
+    BGPCONFIG_PREFIX,
+    BGPPEERS_PREFIX,
+    DEFAULT_AS,
+    IPPOOLS_PREFIX,
+    NODES_PREFIX,
+    BGPConfiguration,
+    BGPPeer,
+    IPPool,
+    Node,
+    decode_all,
+)
+from pycni.datastore.snapshot import Snapshot
+from pycni.ipam.keys import HOST_PREFIX, STATE_CONFIRMED, BlockAffinity, parse_affinity_key
+
+log = structlog.get_logger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+#: Synthetic key space written by the exabgp reader (source "bgp"); never stored in a datastore.
+BGP_PREFIX = "/pycni/bgp/"
+LEARNED_PREFIX = "/pycni/bgp/learned/"  # + <peer>/<net>-<len>  -> RouteAttrs JSON
+PEER_STATE_PREFIX = "/pycni/bgp/peer/"  # + <peer>               -> {"state", "since", "eor"}
+RESTART_WINDOW_KEY = "/pycni/bgp/restart-window"  # "closed" once the graceful-restart window is over
+
+DATASTORE_PREFIXES = (NODES_PREFIX, BGPCONFIG_PREFIX, BGPPEERS_PREFIX, IPPOOLS_PREFIX, HOST_PREFIX)
+
+KIND_MESH = "node-to-node mesh"
+KIND_GLOBAL = "global"
+KIND_NODE = "node specific"
+_NAME_PREFIX = {KIND_MESH: "Mesh", KIND_GLOBAL: "Global", KIND_NODE: "Node"}
+
+
+def learned_key(peer: IPAddress | str, prefix: IPNetwork) -> str:
+    return f"{LEARNED_PREFIX}{peer}/{prefix.network_address}-{prefix.prefixlen}"
+
+
+def parse_learned_key(key: str) -> tuple[IPAddress, IPNetwork] | None:
+    rest = key[len(LEARNED_PREFIX):]
+    peer, _, net = rest.partition("/")
+    try:
+        return ipaddress.ip_address(peer), ipaddress.ip_network(net.replace("-", "/"))
+    except ValueError:
+        return None
+
+
+def peer_state_key(peer: IPAddress | str) -> str:
+    return f"{PEER_STATE_PREFIX}{peer}"
+
+
+# -- model -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BgpPeer:
+    """One BGP session as the speaker configures it."""
+
+    address: IPAddress
+    peer_as: int
+    kind: str = KIND_MESH  # KIND_MESH | KIND_GLOBAL | KIND_NODE
+    local_as: int | None = None  # override of the node's AS for this session
+    password: str = ""
+    passive: bool = False
+    port: int | None = None
+    rr_client: bool = False  # we reflect to/from it as a client (only when we are a reflector)
+    node: str = ""  # the Calico node behind this address, if any
+
+    @property
+    def name(self) -> str:
+        """BIRD's protocol name in confd's scheme (`Mesh_10_99_0_12`), also our exabgp description."""
+        s = str(self.address).replace(".", "_").replace(":", "_")
+        return f"{_NAME_PREFIX[self.kind]}_{s}" + (f"_port_{self.port}" if self.port else "")
+
+
+@dataclass(frozen=True)
+class PeerSession:
+    state: str = "down"
+    since: float = 0.0
+    eor: bool = False  # End-of-RIB received on the current session
+    session: int = 0  # bumped by the reader on every "up"
+
+
+@dataclass(frozen=True)
+class BgpContext:
+    """Local facts fixed at start-up (not in any datastore)."""
+
+    nodename: str
+    iface: str = ""  # the underlay device holding the node's address ("" = ask `resolve`)
+    #: how to reach a next hop outside the local subnet: (gateway, device), or None
+    resolve: Callable[[IPAddress], tuple[IPAddress | None, str] | None] | None = None
+    #: secretKeyRef lookup (name, key) -> value, for BGP passwords
+    secret: Callable[[str, str], str | None] | None = None
+
+
+@dataclass(frozen=True)
+class BgpSpec:
+    ready: bool  # our Node is known with a BGP address: nothing is configured before that
+    router_id: str = ""
+    local_address: str = ""
+    local_as: int = DEFAULT_AS
+    cluster_id: str = ""
+    peers: tuple[BgpPeer, ...] = ()
+    own_blocks: tuple[IPNetwork, ...] = ()
+    announcements: Mapping[tuple[IPAddress, IPNetwork], Announcement] = field(default_factory=dict)
+    routes: Mapping[IPNetwork, Route] = field(default_factory=dict)
+    hold_deletions: bool = True
+    sessions: Mapping[IPAddress, PeerSession] = field(default_factory=dict)
+
+    @property
+    def established(self) -> int:
+        return sum(1 for p in self.peers if self.sessions.get(p.address, PeerSession()).state == "up")
+
+
+# -- selectors (the subset of Calico's selector language that node/peer selectors use) ------------
+
+_TERM = re.compile(
+    r"\s*(?:(?P<all>all\(\))|(?P<nhas>!\s*has\((?P<nk>[\w./-]+)\))|(?P<has>has\((?P<hk>[\w./-]+)\))"
+    r"|(?P<k>[\w./-]+)\s*(?P<op>==|!=)\s*(?P<q>['\"])(?P<v>[^'\"]*)(?P=q)"
+    r"|(?P<k2>[\w./-]+)\s+(?P<op2>in|not in)\s*\{(?P<vs>[^}]*)\})\s*"
+)
+
+
+def selector_matches(selector: str, labels: Mapping[str, str]) -> bool:
+    """Evaluate `all()`, `has(k)`, `!has(k)`, `k == 'v'`, `k != 'v'`, `k in {'a','b'}` joined by
+    `&&` and `||` (no parentheses). An unparsable selector matches nothing (and is logged)."""
+    sel = selector.strip()
+    if not sel:
+        return False
+    for alt in sel.split("||"):
+        ok = True
+        for term in alt.split("&&"):
+            m = _TERM.fullmatch(term)
+            if m is None:
+                log.warning("unsupported selector", selector=selector)
+                return False
+            if m["all"]:
+                continue
+            if m["nhas"]:
+                ok = m["nk"] not in labels
+            elif m["has"]:
+                ok = m["hk"] in labels
+            elif m["k"]:
+                eq = labels.get(m["k"]) == m["v"]
+                ok = eq if m["op"] == "==" else not eq
+            else:
+                vals = {v.strip().strip("'\"") for v in m["vs"].split(",") if v.strip()}
+                inside = labels.get(m["k2"]) in vals
+                ok = inside if m["op2"] == "in" else not inside
+            if not ok:
+                break
+        if ok:
+            return True
+    return False
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+def _password(raw: Any, ctx: BgpContext) -> str:
+    """Calico's BGPPassword `{secretKeyRef: {name, key}}`; also a plain string or `{value: ...}`."""
+    if isinstance(raw, str):
+        return raw
+    if not isinstance(raw, dict):
+        return ""
+    if isinstance(raw.get("value"), str):
+        return str(raw["value"])
+    ref = raw.get("secretKeyRef")
+    if isinstance(ref, dict) and ctx.secret is not None:
+        v = ctx.secret(str(ref.get("name", "")), str(ref.get("key", "")))
+        if v is None:
+            log.warning("bgp password secret not found", secret=ref.get("name"), key=ref.get("key"))
+        return v or ""
+    return ""
+
+
+def _best(cands: list[tuple[IPAddress, RouteAttrs]]) -> tuple[IPAddress, RouteAttrs]:
+    """Deterministic best path: local-pref, AS-path length, MED, cluster-list length, peer address."""
+    return min(
+        cands,
+        key=lambda c: (
+            -(c[1].local_pref if c[1].local_pref is not None else 100),
+            len(c[1].as_path),
+            c[1].med or 0,
+            len(c[1].cluster_list),
+            c[0].version,
+            int(c[0]),
+        ),
+    )
+
+
+def _nodes(snap: Snapshot) -> dict[str, Node]:
+    return {n.name: n for n in decode_all(snap.items(NODES_PREFIX), Node)}
+
+
+def _bgp_config(snap: Snapshot) -> BGPConfiguration | None:
+    for c in decode_all(snap.items(BGPCONFIG_PREFIX), BGPConfiguration):
+        if c.name == "default":
+            return c
+    return None
+
+
+def own_blocks(snap: Snapshot, nodename: str) -> list[IPNetwork]:
+    out = []
+    for key, value in snap.items(f"{HOST_PREFIX}{nodename}/"):
+        parsed = parse_affinity_key(key)
+        if parsed is None or parsed[0] != nodename:
+            continue
+        try:
+            aff = BlockAffinity.from_json(value)
+        except Exception:  # noqa: BLE001 - a bad record is skipped, not fatal
+            log.warning("bad block affinity skipped", key=key)
+            continue
+        if aff.state == STATE_CONFIRMED and not aff.deleted:
+            out.append(parsed[1])
+    return sorted(out, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+
+
+def peers_for(snap: Snapshot, me: Node, nodes: Mapping[str, Node], cfg: BGPConfiguration | None,
+              ctx: BgpContext) -> list[BgpPeer]:
+    default_as = cfg.as_number if cfg is not None else DEFAULT_AS
+    my_ip = me.ip
+    assert my_ip is not None
+    cluster = me.rr_cluster_id
+    by_addr: dict[IPAddress, BgpPeer] = {}
+
+    def add(p: BgpPeer) -> None:
+        if p.address == my_ip or p.address in by_addr:
+            return
+        if p.address.version != my_ip.version:
+            return
+        by_addr[p.address] = p
+
+    def node_peer(n: Node, kind: str, password: str, local_as: int | None = None) -> BgpPeer | None:
+        ip = n.ip
+        if ip is None:
+            return None
+        return BgpPeer(
+            address=ip, peer_as=n.as_number or default_as, kind=kind, local_as=local_as,
+            password=password, passive=int(my_ip) > int(ip), node=n.name,
+            rr_client=bool(cluster) and n.rr_cluster_id != cluster,
+        )
+
+    mesh_on = cfg.node_to_node_mesh_enabled if cfg is not None else True
+    if mesh_on:
+        mesh_pw = _password(cfg.extra.get("nodeMeshPassword"), ctx) if cfg is not None else ""
+        reflectors = {name for name, n in nodes.items() if n.rr_cluster_id}
+        for name in sorted(nodes):
+            if name == me.name:
+                continue
+            n = nodes[name]
+            if reflectors and not cluster and name not in reflectors:
+                continue  # a client peers only with the reflectors
+            p = node_peer(n, KIND_MESH, mesh_pw)
+            if p is not None:
+                add(p)
+
+    explicit = sorted(decode_all(snap.items(BGPPEERS_PREFIX), BGPPeer), key=lambda r: r.name)
+    for kind in (KIND_NODE, KIND_GLOBAL):
+        for r in explicit:
+            is_global = not r.node and not r.node_selector
+            if (kind == KIND_GLOBAL) != is_global:
+                continue
+            if r.node and r.node != me.name:
+                continue
+            if r.node_selector and not selector_matches(r.node_selector, me.meta.labels):
+                continue
+            pw = _password(r.extra.get("password"), ctx)
+            if r.peer_ip is not None:
+                add(BgpPeer(address=r.peer_ip, peer_as=r.as_number or default_as, kind=kind,
+                            local_as=r.local_as_number, password=pw, port=r.peer_port,
+                            rr_client=bool(cluster)))
+            else:
+                for name in sorted(nodes):
+                    n = nodes[name]
+                    if name == me.name or not selector_matches(r.peer_selector, n.meta.labels):
+                        continue
+                    p = node_peer(n, kind, pw, r.local_as_number)
+                    if p is not None:
+                        add(p)
+    return [by_addr[a] for a in sorted(by_addr, key=lambda a: (a.version, int(a)))]
+
+
+def sessions(snap: Snapshot) -> dict[IPAddress, PeerSession]:
+    out: dict[IPAddress, PeerSession] = {}
+    for key, value in snap.items(PEER_STATE_PREFIX):
+        try:
+            d = json.loads(value)
+            out[ipaddress.ip_address(key[len(PEER_STATE_PREFIX):])] = PeerSession(
+                state=str(d.get("state", "down")), since=float(d.get("since", 0.0)),
+                eor=bool(d.get("eor", False)), session=int(d.get("session", 0)))
+        except (ValueError, TypeError):
+            continue
+    return out
+
+
+# -- the calculation -------------------------------------------------------------------------------
+
+def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
+    nodes = _nodes(snap)
+    me = nodes.get(ctx.nodename)
+    if me is None or me.ipv4_address is None:
+        return BgpSpec(ready=False, sessions=sessions(snap))
+    my_iface: IPInterface = me.ipv4_address
+    my_ip = my_iface.ip
+    cfg = _bgp_config(snap)
+    default_as = cfg.as_number if cfg is not None else DEFAULT_AS
+    local_as = me.as_number or default_as
+    cluster = me.rr_cluster_id
+    peers = peers_for(snap, me, nodes, cfg, ctx)
+    peer_by_addr = {p.address: p for p in peers}
+    pools = list(decode_all(snap.items(IPPOOLS_PREFIX), IPPool))
+    program = cfg.program_cluster_routes if cfg is not None else ""
+
+    blocks = own_blocks(snap, ctx.nodename)
+    exported = []
+    for b in blocks:
+        pool = pool_for(b, pools)
+        if pool is not None and (pool.disabled or pool.disable_bgp_export):
+            continue
+        exported.append(b)
+
+    ann: dict[tuple[IPAddress, IPNetwork], Announcement] = {}
+    for p in peers:
+        for b in exported:
+            ann[(p.address, b)] = Announcement(next_hop="self")
+
+    # learned routes, loop-checked, grouped per prefix
+    by_prefix: dict[IPNetwork, list[tuple[IPAddress, RouteAttrs]]] = {}
+    router_id = str(my_ip)
+    for key, value in snap.items(LEARNED_PREFIX):
+        parsed = parse_learned_key(key)
+        if parsed is None:
+            continue
+        peer, prefix = parsed
+        if peer not in peer_by_addr:
+            continue
+        try:
+            attrs = RouteAttrs.from_json(json.loads(value))
+        except (ValueError, KeyError, TypeError):
+            log.warning("bad learned route skipped", key=key)
+            continue
+        if cluster and cluster in attrs.cluster_list:
+            continue
+        if attrs.originator_id == router_id or attrs.next_hop == my_ip:
+            continue
+        if any(prefix.overlaps(b) for b in blocks if b.version == prefix.version):  # type: ignore[arg-type]
+            continue
+        by_prefix.setdefault(prefix, []).append((peer, attrs))
+
+    routes: dict[IPNetwork, Route] = {}
+    for prefix in sorted(by_prefix, key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
+        src, attrs = _best(by_prefix[prefix])
+        # reflection
+        if cluster:
+            sp = peer_by_addr[src]
+            if sp.peer_as == local_as:
+                for q in peers:
+                    if q.address == src or q.peer_as != local_as:
+                        continue
+                    if not sp.rr_client and not q.rr_client:
+                        continue
+                    if attrs.originator_id and attrs.originator_id == str(q.address):
+                        continue
+                    ann[(q.address, prefix)] = Announcement(
+                        next_hop=str(attrs.next_hop), as_path=attrs.as_path, local_pref=attrs.local_pref,
+                        med=attrs.med, origin=attrs.origin,
+                        originator_id=attrs.originator_id or str(src),
+                        cluster_list=(cluster, *attrs.cluster_list),
+                        communities=attrs.communities,
+                    )
+        r = _kernel_route(prefix, attrs.next_hop, pools, program, my_iface, ctx)
+        if r is not None:
+            routes[prefix] = r
+
+    sess = sessions(snap)
+    window_closed = snap.get(RESTART_WINDOW_KEY) == "closed"
+    all_eor = all(sess.get(p.address, PeerSession()).eor for p in peers)
+    return BgpSpec(
+        ready=True, router_id=router_id, local_address=str(my_ip), local_as=local_as, cluster_id=cluster,
+        peers=tuple(peers), own_blocks=tuple(exported), announcements=ann, routes=routes,
+        hold_deletions=not (window_closed or all_eor), sessions=sess,
+    )
+
+
+def _kernel_route(prefix: IPNetwork, nh: IPAddress, pools: Iterable[IPPool], program: str,
+                  my_iface: IPInterface, ctx: BgpContext) -> Route | None:
+    if program == "Disabled" or nh.version != prefix.version:
+        return None
+    pool = pool_for(prefix, pools)
+    if pool is not None:
+        if pool.vxlan_mode != "Never":
+            return None  # VXLAN pools: felix, always
+        if pool.ipip_mode != "Never":
+            if program != "Enabled":
+                return None  # IPIP pools: felix by default (programClusterRoutes)
+            if route_kind(pool, my_iface, nh) == "ipip":
+                return Route(dst=prefix, gateway=nh, oif=IPIP_DEV, onlink=True, proto=RTPROT_BGPD)
+    if ctx.iface and nh in my_iface.network:
+        return Route(dst=prefix, gateway=nh, oif=ctx.iface, proto=RTPROT_BGPD)
+    # Ask the kernel how the next hop is reached: on-link (no gateway) or, for a next hop outside
+    # our subnet, through a gateway (BIRD's `gateway recursive`).
+    if ctx.resolve is None:
+        return None
+    via = ctx.resolve(nh)
+    if via is None:
+        return None
+    gw, dev = via
+    return Route(dst=prefix, gateway=gw or nh, oif=dev, proto=RTPROT_BGPD)
