@@ -290,17 +290,31 @@ class BlockAllocator:
                 continue
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _confirm_affinity(self, cidr: IPNetwork, aff: Versioned) -> None:
+    def _confirm_affinity(self, cidr: IPNetwork, aff: Versioned | None) -> None:
+        """Move our affinity to `confirmed`, whatever other claimers on this node did meanwhile.
+
+        Another process of the same node may have re-marked it `pending` (a concurrent claim of the
+        same block) or confirmed it already; both are fine once the block is ours.
+        """
         key = keys.affinity_key(self.node, cidr)
-        if BlockAffinity.from_json(aff.value).state == STATE_CONFIRMED:
+        confirmed = BlockAffinity(STATE_CONFIRMED).to_json()
+        for _ in self._attempts("confirm affinity", block=str(cidr)):
+            try:
+                if aff is None:
+                    self._ds.create(key, confirmed)
+                else:
+                    state = BlockAffinity.from_json(aff.value).state
+                    if state == STATE_CONFIRMED:
+                        return
+                    if state == STATE_PENDING_DELETION:  # being released by this node right now
+                        log.info("block affinity being released, not confirming", block=str(cidr))
+                        return
+                    self._ds.update(key, confirmed, revision=aff.revision)
+            except (CasConflict, AlreadyExists):
+                aff = self._ds.get(key)
+                continue
+            log.info("block affinity confirmed", block=str(cidr), node=self.node)
             return
-        try:
-            self._ds.update(key, BlockAffinity(STATE_CONFIRMED).to_json(), revision=aff.revision)
-        except CasConflict:
-            cur = self._ds.get(key)  # another process of this node may have confirmed it meanwhile
-            if cur is None or BlockAffinity.from_json(cur.value).state != STATE_CONFIRMED:
-                raise
-        log.info("block affinity confirmed", block=str(cidr), node=self.node)
 
     def claim_affinity(self, cidr: IPNetwork | str) -> bool:
         """Claim `cidr` as this node's block (pending -> block create -> confirmed).

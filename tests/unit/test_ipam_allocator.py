@@ -380,3 +380,33 @@ def test_allowed_uses_and_manual_pools(ds: MemoryDatastore) -> None:
     assert a.auto_assign("h", pools=["manual"])[0].ip in ipaddress.ip_network("10.14.0.0/24")
     with pytest.raises(Invalid):
         a.auto_assign("h", pools=["tunnels-only"])
+
+
+class AffinityRaceDatastore:
+    """Before our first affinity confirm, another process of the same node claims the same block."""
+
+    def __init__(self, inner: MemoryDatastore, race: Callable[[], None]) -> None:
+        self.inner = inner
+        self.race: Callable[[], None] | None = race
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def update(self, key: str, value: str, *, revision: int, ttl: float | None = None) -> Versioned:
+        if key.startswith(keys.HOST_PREFIX) and "confirmed" in value and self.race is not None:
+            race, self.race = self.race, None
+            race()
+        return self.inner.update(key, value, revision=revision, ttl=ttl)
+
+
+def test_same_node_claims_of_one_block_both_succeed(ds: MemoryDatastore) -> None:
+    # The other claimer has only re-marked the affinity pending (it has not confirmed yet) when we
+    # try to confirm: our CAS loses, and we must still end up confirmed, not fail.
+    cidr = ipaddress.ip_network("10.244.3.0/26")
+    other = alloc(ds, "n1")
+    a = alloc(AffinityRaceDatastore(ds, lambda: other._pending_affinity(cidr) and None), "n1")
+    assert a.claim_affinity(cidr)
+    aff = ds.get(keys.affinity_key("n1", cidr))
+    assert aff is not None and json.loads(aff.value)["state"] == "confirmed"
+    assert other.claim_affinity(cidr)  # and the other claimer finds the block its own
+    assert a.blocks_for_node() == [cidr]
