@@ -83,8 +83,10 @@ def pool_for(net: IPNetwork | IPAddress, pools: Iterable[IPPool]) -> IPPool | No
     for p in pools:
         if p.cidr.version != net.version:
             continue
-        inside = net in p.cidr if not isinstance(net, ipaddress.IPv4Network | ipaddress.IPv6Network) \
-            else net.subnet_of(p.cidr)  # type: ignore[arg-type]
+        if isinstance(net, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            inside = net.subnet_of(p.cidr)  # type: ignore[arg-type]
+        else:
+            inside = net in p.cidr
         if inside and (best is None or p.cidr.prefixlen > best.cidr.prefixlen):
             best = p
     return best

@@ -47,8 +47,14 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: What felix watches: every v3 resource we model, and the IPAM host affinities.
 AFFINITY_PREFIX = "/calico/ipam/v2/host/"
-SYNC_PREFIXES = (c.IPPOOLS_PREFIX, c.NODES_PREFIX, c.WEPS_PREFIX, c.FELIXCONFIG_PREFIX, c.BGPCONFIG_PREFIX,
-                 AFFINITY_PREFIX)
+SYNC_PREFIXES = (
+    c.IPPOOLS_PREFIX,
+    c.NODES_PREFIX,
+    c.WEPS_PREFIX,
+    c.FELIXCONFIG_PREFIX,
+    c.BGPCONFIG_PREFIX,
+    AFFINITY_PREFIX,
+)
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,7 @@ def parse_affinity_key(key: str) -> tuple[str, IPNetwork] | None:
     """`/calico/ipam/v2/host/<node>/ipv4/block/10.244.0.0-26` -> ("<node>", 10.244.0.0/26)."""
     if not key.startswith(AFFINITY_PREFIX):
         return None
-    parts = key[len(AFFINITY_PREFIX):].split("/")
+    parts = key[len(AFFINITY_PREFIX) :].split("/")
     if len(parts) != 4 or parts[2] != "block" or parts[1] not in ("ipv4", "ipv6") or not parts[0]:
         return None
     addr, sep, plen = parts[3].rpartition("-")
@@ -190,12 +196,24 @@ def calc_felix(cfg: FelixConfig, snapshot: Snapshot) -> FelixSpec:
     blocks = affinities(snapshot)
 
     active = [p for p in pools if not p.disabled and p.cidr.version == 4]
-    ipip_on = cfg.ipip_enabled if cfg.ipip_enabled is not None else (
-        settings.ipip_enabled if settings.ipip_enabled is not None
-        else any(p.ipip_mode != c.ENCAP_NEVER for p in active))
-    vxlan_on = cfg.vxlan_enabled if cfg.vxlan_enabled is not None else (
-        settings.vxlan_enabled if settings.vxlan_enabled is not None
-        else any(p.vxlan_mode != c.ENCAP_NEVER for p in active))
+    ipip_on = (
+        cfg.ipip_enabled
+        if cfg.ipip_enabled is not None
+        else (
+            settings.ipip_enabled
+            if settings.ipip_enabled is not None
+            else any(p.ipip_mode != c.ENCAP_NEVER for p in active)
+        )
+    )
+    vxlan_on = (
+        cfg.vxlan_enabled
+        if cfg.vxlan_enabled is not None
+        else (
+            settings.vxlan_enabled
+            if settings.vxlan_enabled is not None
+            else any(p.vxlan_mode != c.ENCAP_NEVER for p in active)
+        )
+    )
 
     routes: dict[IPNetwork, Route] = {}
     neighs: dict[tuple[str, object], Neigh] = {}
@@ -212,16 +230,32 @@ def calc_felix(cfg: FelixConfig, snapshot: Snapshot) -> FelixSpec:
     have_vxlan = False
     if ipip_on:
         have_ipip = True
-        tunnels.append(TunnelSpec(kind="ipip", name=IPIP_DEV, mtu=ipip_mtu,
-                                  address=me.ipip_tunnel_addr if me is not None else None))
+        tunnels.append(
+            TunnelSpec(
+                kind="ipip",
+                name=IPIP_DEV,
+                mtu=ipip_mtu,
+                address=me.ipip_tunnel_addr if me is not None else None,
+            )
+        )
     if vxlan_on:
         if me is None or me.vxlan_tunnel_addr is None or not me.vxlan_tunnel_mac or me.ip is None:
             notes.append("vxlan: this node has no VXLAN tunnel address/MAC or address yet")
         else:
             have_vxlan = True
-            tunnels.append(TunnelSpec(kind="vxlan", name=CALI_VXLAN_DEV, mtu=vxlan_mtu,
-                                      address=me.vxlan_tunnel_addr, mac=me.vxlan_tunnel_mac, local=me.ip,
-                                      underlay=cfg.underlay_dev, vni=vni, port=port))
+            tunnels.append(
+                TunnelSpec(
+                    kind="vxlan",
+                    name=CALI_VXLAN_DEV,
+                    mtu=vxlan_mtu,
+                    address=me.vxlan_tunnel_addr,
+                    mac=me.vxlan_tunnel_mac,
+                    local=me.ip,
+                    underlay=cfg.underlay_dev,
+                    vni=vni,
+                    port=port,
+                )
+            )
 
     # -- local workloads ---------------------------------------------------------------------
     local = 0
@@ -269,18 +303,27 @@ def calc_felix(cfg: FelixConfig, snapshot: Snapshot) -> FelixSpec:
             notes.append(f"{dst}: node {node_name} has no VTEP (tunnel address / MAC) yet")
             return None
         vtep_ip = node.vxlan_tunnel_addr
-        neighs[(CALI_VXLAN_DEV, vtep_ip)] = Neigh(ifname=CALI_VXLAN_DEV, dst=vtep_ip,
-                                                  lladdr=node.vxlan_tunnel_mac)
+        neighs[(CALI_VXLAN_DEV, vtep_ip)] = Neigh(
+            ifname=CALI_VXLAN_DEV, dst=vtep_ip, lladdr=node.vxlan_tunnel_mac
+        )
         fdbs[(CALI_VXLAN_DEV, node.vxlan_tunnel_mac, node.ip)] = Fdb(
-            ifname=CALI_VXLAN_DEV, lladdr=node.vxlan_tunnel_mac, dst=node.ip)
+            ifname=CALI_VXLAN_DEV, lladdr=node.vxlan_tunnel_mac, dst=node.ip
+        )
         return Route(dst=dst, gateway=vtep_ip, oif=CALI_VXLAN_DEV, proto=proto, onlink=True)
 
     # IPIP pool routes are felix's unless handed to bgpd (Calico's programClusterRoutes on both
     # resources); VXLAN pool routes are always felix's; no-encap ones always bgpd's.
-    bgp_cfg = next((b for b in c.decode_all(snapshot.items(c.BGPCONFIG_PREFIX), c.BGPConfiguration)
-                    if b.name == "default"), None)
+    bgp_cfg = next(
+        (
+            b
+            for b in c.decode_all(snapshot.items(c.BGPCONFIG_PREFIX), c.BGPConfiguration)
+            if b.name == "default"
+        ),
+        None,
+    )
     ipip_to_bgpd = settings.program_cluster_routes == "Disabled" or (
-        bgp_cfg is not None and bgp_cfg.program_cluster_routes == "Enabled")
+        bgp_cfg is not None and bgp_cfg.program_cluster_routes == "Enabled"
+    )
 
     def felix_owns(pool: c.IPPool | None) -> bool:
         if pool is None or owner(pool) != "felix":
@@ -308,8 +351,10 @@ def calc_felix(cfg: FelixConfig, snapshot: Snapshot) -> FelixSpec:
         for net in wep.ip_networks:
             if net in routes:
                 continue
-            if any(net.version == b.version and net.subnet_of(b)  # type: ignore[arg-type]
-                   for b in own_blocks.get(wep.node, [])):
+            if any(
+                net.version == b.version and net.subnet_of(b)  # type: ignore[arg-type]
+                for b in own_blocks.get(wep.node, [])
+            ):
                 continue
             pool = pool_for(net, pools)
             if pool is None or not felix_owns(pool):

@@ -106,13 +106,16 @@ class StartupConfig:
         try:
             cidr = ipaddress.IPv4Network(env.get("CALICO_IPV4POOL_CIDR") or c.DEFAULT_POOL_CIDR, strict=False)
         except ValueError:
-            raise Invalid(f"CALICO_IPV4POOL_CIDR={env.get('CALICO_IPV4POOL_CIDR')!r} is not an IPv4 CIDR",
-                          field="CALICO_IPV4POOL_CIDR") from None
+            raise Invalid(
+                f"CALICO_IPV4POOL_CIDR={env.get('CALICO_IPV4POOL_CIDR')!r} is not an IPv4 CIDR",
+                field="CALICO_IPV4POOL_CIDR",
+            ) from None
         try:
             bs = int(env.get("CALICO_IPV4POOL_BLOCK_SIZE") or c.DEFAULT_BLOCK_SIZE_V4)
         except ValueError:
-            raise Invalid("CALICO_IPV4POOL_BLOCK_SIZE is not a number",
-                          field="CALICO_IPV4POOL_BLOCK_SIZE") from None
+            raise Invalid(
+                "CALICO_IPV4POOL_BLOCK_SIZE is not a number", field="CALICO_IPV4POOL_BLOCK_SIZE"
+            ) from None
         ipip = parse_pool_encap_env(env.get("CALICO_IPV4POOL_IPIP"), "CALICO_IPV4POOL_IPIP")
         vxlan = parse_pool_encap_env(env.get("CALICO_IPV4POOL_VXLAN"), "CALICO_IPV4POOL_VXLAN")
         rr = env.get("CALICO_ROUTE_REFLECTOR_CLUSTER_ID")
@@ -179,8 +182,13 @@ def ensure_default_pool(ds: Datastore, cfg: StartupConfig) -> c.IPPool | None:
         c.create_resource(ds, pool)
     except AlreadyExists:
         return None
-    log.info("default pool created", cidr=str(pool.cidr), ipip=pool.ipip_mode, vxlan=pool.vxlan_mode,
-             block_size=pool.block_size)
+    log.info(
+        "default pool created",
+        cidr=str(pool.cidr),
+        ipip=pool.ipip_mode,
+        vxlan=pool.vxlan_mode,
+        block_size=pool.block_size,
+    )
     return pool
 
 
@@ -192,8 +200,12 @@ def register_node(ds: Datastore, cfg: StartupConfig, ip: ipaddress.IPv4Interface
     labels.update(cfg.labels)
     labels.setdefault("kubernetes.io/hostname", cfg.nodename)
     if old is None:
-        node = c.Node(meta=c.new_meta(cfg.nodename, labels=labels), ipv4_address=ip, as_number=cfg.as_number,
-                      rr_cluster_id=cfg.rr_cluster_id or "")
+        node = c.Node(
+            meta=c.new_meta(cfg.nodename, labels=labels),
+            ipv4_address=ip,
+            as_number=cfg.as_number,
+            rr_cluster_id=cfg.rr_cluster_id or "",
+        )
     else:
         node = replace(
             old,
@@ -205,15 +217,25 @@ def register_node(ds: Datastore, cfg: StartupConfig, ip: ipaddress.IPv4Interface
         )
     if node != old or old is None or dict(old.meta.labels) != labels:
         c.apply_resource(ds, node)
-        log.info("node registered", node=cfg.nodename, ip=str(ip), as_number=node.as_number,
-                 rr_cluster_id=node.rr_cluster_id or None)
+        log.info(
+            "node registered",
+            node=cfg.nodename,
+            ip=str(ip),
+            as_number=node.as_number,
+            rr_cluster_id=node.rr_cluster_id or None,
+        )
     return node
 
 
 def _pools_with(ds: Datastore, kind: str) -> list[c.IPPool]:
-    return [p for p in c.list_resources(ds, c.IPPool)
-            if p.cidr.version == 4 and not p.disabled and p.encapsulation == kind
-            and p.node_selector.strip() != "!all()"]
+    return [
+        p
+        for p in c.list_resources(ds, c.IPPool)
+        if p.cidr.version == 4
+        and not p.disabled
+        and p.encapsulation == kind
+        and p.node_selector.strip() != "!all()"
+    ]
 
 
 def _tunnel_addr(
@@ -261,8 +283,13 @@ def ensure_tunnel_addresses(
     new = replace(node, ipip_tunnel_addr=ipip, vxlan_tunnel_addr=vx, vxlan_tunnel_mac=mac if vx else mac)
     if new != node:
         c.apply_resource(ds, new)
-        log.info("node tunnel addresses updated", node=nodename, ipip=str(ipip) if ipip else None,
-                 vxlan=str(vx) if vx else None, vxlan_mac=mac or None)
+        log.info(
+            "node tunnel addresses updated",
+            node=nodename,
+            ipip=str(ipip) if ipip else None,
+            vxlan=str(vx) if vx else None,
+            vxlan_mac=mac or None,
+        )
     return new
 
 

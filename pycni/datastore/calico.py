@@ -134,8 +134,13 @@ def now_rfc3339() -> str:
 
 def new_meta(name: str, namespace: str | None = None, *, labels: Mapping[str, str] | None = None) -> Meta:
     """Metadata for a resource we create: a fresh uid and creationTimestamp, as the apiserver stamps."""
-    return Meta(name=name, namespace=namespace, uid=str(uuid.uuid4()), creation_timestamp=now_rfc3339(),
-                labels=dict(labels or {}))
+    return Meta(
+        name=name,
+        namespace=namespace,
+        uid=str(uuid.uuid4()),
+        creation_timestamp=now_rfc3339(),
+        labels=dict(labels or {}),
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -252,8 +257,16 @@ class IPPool:
     PLURAL: ClassVar[str] = "ippools"
     NAMESPACED: ClassVar[bool] = False
     _FIELDS: ClassVar[tuple[str, ...]] = (
-        "cidr", "blockSize", "ipipMode", "vxlanMode", "natOutgoing", "disabled", "disableBGPExport",
-        "nodeSelector", "allowedUses", "assignmentMode",
+        "cidr",
+        "blockSize",
+        "ipipMode",
+        "vxlanMode",
+        "natOutgoing",
+        "disabled",
+        "disableBGPExport",
+        "nodeSelector",
+        "allowedUses",
+        "assignmentMode",
     )
 
     meta: Meta
@@ -275,7 +288,7 @@ class IPPool:
 
     @property
     def encapsulation(self) -> str:
-        """"ipip", "vxlan" or "none"."""
+        """ "ipip", "vxlan" or "none"."""
         if self.ipip_mode != ENCAP_NEVER:
             return "ipip"
         if self.vxlan_mode != ENCAP_NEVER:
@@ -289,15 +302,17 @@ class IPPool:
 
     def spec_json(self) -> dict[str, Any]:
         s: dict[str, Any] = dict(self.extra)
-        s.update({
-            "cidr": str(self.cidr),
-            "blockSize": self.block_size,
-            "ipipMode": self.ipip_mode,
-            "vxlanMode": self.vxlan_mode,
-            "natOutgoing": self.nat_outgoing,
-            "nodeSelector": self.node_selector,
-            "allowedUses": list(self.allowed_uses),
-        })
+        s.update(
+            {
+                "cidr": str(self.cidr),
+                "blockSize": self.block_size,
+                "ipipMode": self.ipip_mode,
+                "vxlanMode": self.vxlan_mode,
+                "natOutgoing": self.nat_outgoing,
+                "nodeSelector": self.node_selector,
+                "allowedUses": list(self.allowed_uses),
+            }
+        )
         if self.disabled:
             s["disabled"] = True
         if self.disable_bgp_export:
@@ -331,12 +346,15 @@ class IPPool:
         elif isinstance(uses_raw, list) and all(u in ALLOWED_USES for u in uses_raw):
             uses = tuple(uses_raw)
         else:
-            raise Invalid(f"spec.allowedUses: {uses_raw!r} must be a list of {', '.join(ALLOWED_USES)}",
-                          field="spec.allowedUses")
+            raise Invalid(
+                f"spec.allowedUses: {uses_raw!r} must be a list of {', '.join(ALLOWED_USES)}",
+                field="spec.allowedUses",
+            )
         am = _str(spec.get("assignmentMode"), "spec.assignmentMode", "Automatic") or "Automatic"
         if am not in ("Automatic", "Manual"):
-            raise Invalid(f"spec.assignmentMode: {am!r} is not Automatic or Manual",
-                          field="spec.assignmentMode")
+            raise Invalid(
+                f"spec.assignmentMode: {am!r} is not Automatic or Manual", field="spec.assignmentMode"
+            )
         return cls(
             meta=meta,
             cidr=cidr,
@@ -362,10 +380,18 @@ class Node:
     PLURAL: ClassVar[str] = "nodes"
     NAMESPACED: ClassVar[bool] = False
     _FIELDS: ClassVar[tuple[str, ...]] = (
-        "bgp", "ipv4VXLANTunnelAddr", "vxlanTunnelMACAddr", "ipv6VXLANTunnelAddr", "vxlanTunnelMACAddrV6",
+        "bgp",
+        "ipv4VXLANTunnelAddr",
+        "vxlanTunnelMACAddr",
+        "ipv6VXLANTunnelAddr",
+        "vxlanTunnelMACAddrV6",
     )
     _BGP_FIELDS: ClassVar[tuple[str, ...]] = (
-        "ipv4Address", "ipv6Address", "asNumber", "routeReflectorClusterID", "ipv4IPIPTunnelAddr",
+        "ipv4Address",
+        "ipv6Address",
+        "asNumber",
+        "routeReflectorClusterID",
+        "ipv4IPIPTunnelAddr",
     )
 
     meta: Meta
@@ -449,8 +475,17 @@ class WorkloadEndpoint:
     PLURAL: ClassVar[str] = "workloadendpoints"
     NAMESPACED: ClassVar[bool] = True
     _FIELDS: ClassVar[tuple[str, ...]] = (
-        "orchestrator", "workload", "node", "containerID", "pod", "endpoint", "serviceAccountName",
-        "ipNetworks", "profiles", "interfaceName", "mac",
+        "orchestrator",
+        "workload",
+        "node",
+        "containerID",
+        "pod",
+        "endpoint",
+        "serviceAccountName",
+        "ipNetworks",
+        "profiles",
+        "interfaceName",
+        "mac",
     )
 
     meta: Meta
@@ -477,16 +512,18 @@ class WorkloadEndpoint:
 
     def spec_json(self) -> dict[str, Any]:
         s: dict[str, Any] = dict(self.extra)
-        s.update({
-            "orchestrator": self.orchestrator,
-            "node": self.node,
-            "containerID": self.container_id,
-            "pod": self.pod,
-            "endpoint": self.endpoint,
-            "ipNetworks": [str(n) for n in self.ip_networks],
-            "profiles": list(self.profiles),
-            "interfaceName": self.interface_name,
-        })
+        s.update(
+            {
+                "orchestrator": self.orchestrator,
+                "node": self.node,
+                "containerID": self.container_id,
+                "pod": self.pod,
+                "endpoint": self.endpoint,
+                "ipNetworks": [str(n) for n in self.ip_networks],
+                "profiles": list(self.profiles),
+                "interfaceName": self.interface_name,
+            }
+        )
         if self.workload:
             s["workload"] = self.workload
         if self.service_account_name:
@@ -502,8 +539,9 @@ class WorkloadEndpoint:
             raise Invalid("spec.node is required", field="spec.node")
         ifname = _str(spec.get("interfaceName"), "spec.interfaceName")
         if not ifname or len(ifname) > 15 or "/" in ifname or " " in ifname:
-            raise Invalid(f"spec.interfaceName: {ifname!r} is not a Linux interface name",
-                          field="spec.interfaceName")
+            raise Invalid(
+                f"spec.interfaceName: {ifname!r} is not a Linux interface name", field="spec.interfaceName"
+            )
         nets_raw = spec.get("ipNetworks") or []
         if not isinstance(nets_raw, list):
             raise Invalid("spec.ipNetworks must be a list", field="spec.ipNetworks")
@@ -534,8 +572,15 @@ class BGPConfiguration:
     PLURAL: ClassVar[str] = "bgpconfigurations"
     NAMESPACED: ClassVar[bool] = False
     _FIELDS: ClassVar[tuple[str, ...]] = (
-        "nodeToNodeMeshEnabled", "asNumber", "listenPort", "logSeverityScreen", "serviceClusterIPs",
-        "serviceExternalIPs", "serviceLoadBalancerIPs", "nodeMeshMaxRestartTime", "programClusterRoutes",
+        "nodeToNodeMeshEnabled",
+        "asNumber",
+        "listenPort",
+        "logSeverityScreen",
+        "serviceClusterIPs",
+        "serviceExternalIPs",
+        "serviceLoadBalancerIPs",
+        "nodeMeshMaxRestartTime",
+        "programClusterRoutes",
     )
 
     meta: Meta
@@ -556,16 +601,20 @@ class BGPConfiguration:
 
     def spec_json(self) -> dict[str, Any]:
         s: dict[str, Any] = dict(self.extra)
-        s.update({
-            "nodeToNodeMeshEnabled": self.node_to_node_mesh_enabled,
-            "asNumber": self.as_number,
-            "logSeverityScreen": self.log_severity_screen,
-        })
+        s.update(
+            {
+                "nodeToNodeMeshEnabled": self.node_to_node_mesh_enabled,
+                "asNumber": self.as_number,
+                "logSeverityScreen": self.log_severity_screen,
+            }
+        )
         if self.listen_port != 179:
             s["listenPort"] = self.listen_port
-        for key, nets in (("serviceClusterIPs", self.service_cluster_ips),
-                          ("serviceExternalIPs", self.service_external_ips),
-                          ("serviceLoadBalancerIPs", self.service_load_balancer_ips)):
+        for key, nets in (
+            ("serviceClusterIPs", self.service_cluster_ips),
+            ("serviceExternalIPs", self.service_external_ips),
+            ("serviceLoadBalancerIPs", self.service_load_balancer_ips),
+        ):
             if nets:
                 s[key] = [{"cidr": str(n)} for n in nets]
         if self.node_mesh_max_restart_time:
@@ -591,8 +640,9 @@ class BGPConfiguration:
         assert port is not None
         return cls(
             meta=meta,
-            node_to_node_mesh_enabled=_bool(spec.get("nodeToNodeMeshEnabled"), "spec.nodeToNodeMeshEnabled",
-                                            True),
+            node_to_node_mesh_enabled=_bool(
+                spec.get("nodeToNodeMeshEnabled"), "spec.nodeToNodeMeshEnabled", True
+            ),
             as_number=DEFAULT_AS if asn is None else asn,
             listen_port=port,
             log_severity_screen=_str(spec.get("logSeverityScreen"), "spec.logSeverityScreen", "Info")
@@ -600,8 +650,9 @@ class BGPConfiguration:
             service_cluster_ips=cidrs("serviceClusterIPs"),
             service_external_ips=cidrs("serviceExternalIPs"),
             service_load_balancer_ips=cidrs("serviceLoadBalancerIPs"),
-            node_mesh_max_restart_time=_str(spec.get("nodeMeshMaxRestartTime"),
-                                            "spec.nodeMeshMaxRestartTime"),
+            node_mesh_max_restart_time=_str(
+                spec.get("nodeMeshMaxRestartTime"), "spec.nodeMeshMaxRestartTime"
+            ),
             program_cluster_routes=_str(spec.get("programClusterRoutes"), "spec.programClusterRoutes"),
             extra=_known(spec, cls._FIELDS),
         )
@@ -613,9 +664,21 @@ class BGPPeer:
     PLURAL: ClassVar[str] = "bgppeers"
     NAMESPACED: ClassVar[bool] = False
     _FIELDS: ClassVar[tuple[str, ...]] = (
-        "node", "nodeSelector", "peerIP", "peerSelector", "asNumber", "localASNumber", "keepOriginalNextHop",
-        "nextHopMode", "sourceAddress", "maxRestartTime", "keepaliveTime", "ttlSecurity", "reachableBy",
-        "filters", "numAllowedLocalASNumbers",
+        "node",
+        "nodeSelector",
+        "peerIP",
+        "peerSelector",
+        "asNumber",
+        "localASNumber",
+        "keepOriginalNextHop",
+        "nextHopMode",
+        "sourceAddress",
+        "maxRestartTime",
+        "keepaliveTime",
+        "ttlSecurity",
+        "reachableBy",
+        "filters",
+        "numAllowedLocalASNumbers",
     )
 
     meta: Meta
@@ -696,8 +759,10 @@ class BGPPeer:
         if peer_ip is not None and peer_selector:
             raise Invalid("spec: peerIP and peerSelector are mutually exclusive", field="spec.peerSelector")
         if peer_selector and asn is not None:
-            raise Invalid("spec.asNumber must be empty with peerSelector (the peer node's AS is used)",
-                          field="spec.asNumber")
+            raise Invalid(
+                "spec.asNumber must be empty with peerSelector (the peer node's AS is used)",
+                field="spec.asNumber",
+            )
         if peer_ip is not None and asn is None:
             raise Invalid("spec.asNumber is required with peerIP", field="spec.asNumber")
         node = _str(spec.get("node"), "spec.node")
@@ -741,9 +806,22 @@ class FelixConfiguration:
     PLURAL: ClassVar[str] = "felixconfigurations"
     NAMESPACED: ClassVar[bool] = False
     _FIELDS: ClassVar[tuple[str, ...]] = (
-        "ipipEnabled", "ipipMTU", "vxlanEnabled", "vxlanMTU", "vxlanVNI", "vxlanPort", "interfacePrefix",
-        "routeRefreshInterval", "logSeverityScreen", "natOutgoingAddress", "deviceRouteProtocol",
-        "healthEnabled", "healthPort", "healthHost", "programClusterRoutes", "natOutgoingExclusions",
+        "ipipEnabled",
+        "ipipMTU",
+        "vxlanEnabled",
+        "vxlanMTU",
+        "vxlanVNI",
+        "vxlanPort",
+        "interfacePrefix",
+        "routeRefreshInterval",
+        "logSeverityScreen",
+        "natOutgoingAddress",
+        "deviceRouteProtocol",
+        "healthEnabled",
+        "healthPort",
+        "healthHost",
+        "programClusterRoutes",
+        "natOutgoingExclusions",
     )
 
     meta: Meta
@@ -811,8 +889,9 @@ class FelixConfiguration:
         vx = spec.get("vxlanEnabled")
         nat_addr = _addr(spec.get("natOutgoingAddress"), "spec.natOutgoingAddress")
         if nat_addr is not None and nat_addr.version != 4:
-            raise Invalid("spec.natOutgoingAddress: an IPv4 address is required",
-                          field="spec.natOutgoingAddress")
+            raise Invalid(
+                "spec.natOutgoingAddress: an IPv4 address is required", field="spec.natOutgoingAddress"
+            )
         prefix = _str(spec.get("interfacePrefix"), "spec.interfacePrefix", "cali") or "cali"
         return cls(
             meta=meta,
@@ -880,7 +959,7 @@ def parse_key(key: str) -> tuple[type[Resource], str | None, str] | None:
     """`(class, namespace, name)` for a v3 resource key of a kind we model; None otherwise."""
     if not key.startswith(RESOURCE_PREFIX):
         return None
-    parts = key[len(RESOURCE_PREFIX):].split("/")
+    parts = key[len(RESOURCE_PREFIX) :].split("/")
     cls = PLURALS.get(parts[0])
     if cls is None:
         return None
@@ -899,8 +978,12 @@ def parse_key(key: str) -> tuple[type[Resource], str | None, str] | None:
 
 def encode(res: Resource) -> str:
     """The JSON text Calico's etcdv3 backend stores for this resource."""
-    obj = {"kind": res.KIND, "apiVersion": API_VERSION, "metadata": res.meta.to_json(),
-           "spec": res.spec_json()}
+    obj = {
+        "kind": res.KIND,
+        "apiVersion": API_VERSION,
+        "metadata": res.meta.to_json(),
+        "spec": res.spec_json(),
+    }
     return json.dumps(obj, separators=(",", ":"), sort_keys=False)
 
 
@@ -995,8 +1078,10 @@ def felix_config_name(node: str | None = None) -> str:
 def validate_name(name: str) -> str:
     """Resource names are DNS subdomain names (lowercase alphanumerics, '-' and '.')."""
     if not name or len(name) > 253 or not _NAME_RE.match(name):
-        raise Invalid(f"{name!r} is not a valid resource name (lowercase letters, digits, '-', '.')",
-                      field="metadata.name")
+        raise Invalid(
+            f"{name!r} is not a valid resource name (lowercase letters, digits, '-', '.')",
+            field="metadata.name",
+        )
     return name
 
 
@@ -1020,8 +1105,14 @@ def list_resources(ds: Any, cls: type[R], namespace: str | None = None) -> list[
 def create_resource(ds: Any, res: Resource) -> int:
     """Create-if-absent (raises `AlreadyExists`); stamps uid/creationTimestamp if missing."""
     if not res.meta.uid:
-        res = replace(res, meta=replace(res.meta, uid=str(uuid.uuid4()),  # type: ignore[type-var]
-                                        creation_timestamp=res.meta.creation_timestamp or now_rfc3339()))
+        res = replace(
+            res,
+            meta=replace(
+                res.meta,
+                uid=str(uuid.uuid4()),  # type: ignore[type-var]
+                creation_timestamp=res.meta.creation_timestamp or now_rfc3339(),
+            ),
+        )
     return int(ds.create(key_for(res), encode(res)).revision)
 
 
@@ -1041,9 +1132,11 @@ def apply_resource(ds: Any, res: Resource, *, retries: int = 10) -> int:
             old = decode_json(cur.value, type(res)).meta  # type: ignore[type-var]
         except Invalid:
             old = res.meta
-        meta = replace(res.meta, uid=old.uid or res.meta.uid or str(uuid.uuid4()),
-                       creation_timestamp=(old.creation_timestamp or res.meta.creation_timestamp
-                                           or now_rfc3339()))
+        meta = replace(
+            res.meta,
+            uid=old.uid or res.meta.uid or str(uuid.uuid4()),
+            creation_timestamp=(old.creation_timestamp or res.meta.creation_timestamp or now_rfc3339()),
+        )
         new = replace(res, meta=meta)  # type: ignore[type-var]
         text = encode(new)
         if text == cur.value:

@@ -15,18 +15,33 @@ POOL_JSON = {
     "kind": "IPPool",
     "apiVersion": "projectcalico.org/v3",
     "metadata": {"name": "default-ipv4-ippool", "uid": "u1", "creationTimestamp": "2026-01-01T00:00:00Z"},
-    "spec": {"cidr": "10.244.0.0/16", "blockSize": 26, "ipipMode": "Always", "vxlanMode": "Never",
-             "natOutgoing": True, "nodeSelector": "all()", "allowedUses": ["Workload", "Tunnel"],
-             "somethingNew": {"x": 1}},
+    "spec": {
+        "cidr": "10.244.0.0/16",
+        "blockSize": 26,
+        "ipipMode": "Always",
+        "vxlanMode": "Never",
+        "natOutgoing": True,
+        "nodeSelector": "all()",
+        "allowedUses": ["Workload", "Tunnel"],
+        "somethingNew": {"x": 1},
+    },
 }
 
 NODE_JSON = {
-    "kind": "Node", "apiVersion": "projectcalico.org/v3",
+    "kind": "Node",
+    "apiVersion": "projectcalico.org/v3",
     "metadata": {"name": "n1", "labels": {"kubernetes.io/hostname": "n1"}},
-    "spec": {"bgp": {"ipv4Address": "10.99.0.11/24", "asNumber": 64512,
-                     "routeReflectorClusterID": "224.0.0.1", "ipv4IPIPTunnelAddr": "10.244.1.0"},
-             "ipv4VXLANTunnelAddr": "10.244.1.1", "vxlanTunnelMACAddr": "66:4F:26:AE:AF:DB",
-             "orchRefs": [{"nodeName": "n1", "orchestrator": "k8s"}]},
+    "spec": {
+        "bgp": {
+            "ipv4Address": "10.99.0.11/24",
+            "asNumber": 64512,
+            "routeReflectorClusterID": "224.0.0.1",
+            "ipv4IPIPTunnelAddr": "10.244.1.0",
+        },
+        "ipv4VXLANTunnelAddr": "10.244.1.1",
+        "vxlanTunnelMACAddr": "66:4F:26:AE:AF:DB",
+        "orchRefs": [{"nodeName": "n1", "orchestrator": "k8s"}],
+    },
 }
 
 
@@ -49,16 +64,19 @@ def test_pool_defaults_and_case() -> None:
     assert p.encapsulation == "vxlan" and p.encap_mode == "CrossSubnet"
 
 
-@pytest.mark.parametrize(("spec", "fld"), [
-    ({"cidr": "10.1.0.0/33"}, "spec.cidr"),
-    ({"cidr": "10.1.0.0/16", "blockSize": 19}, "spec.blockSize"),
-    ({"cidr": "10.1.0.0/28", "blockSize": 26}, "spec.blockSize"),
-    ({"cidr": "169.254.0.0/16"}, "spec.cidr"),
-    ({"cidr": "10.1.0.0/16", "ipipMode": "Always", "vxlanMode": "Always"}, "spec.ipipMode"),
-    ({"cidr": "10.1.0.0/16", "ipipMode": "Sometimes"}, "spec.ipipMode"),
-    ({"cidr": "fd00::/48", "ipipMode": "Always"}, "spec.ipipMode"),
-    ({"cidr": "10.1.0.0/16", "natOutgoing": "yes"}, "spec.natOutgoing"),
-])
+@pytest.mark.parametrize(
+    ("spec", "fld"),
+    [
+        ({"cidr": "10.1.0.0/33"}, "spec.cidr"),
+        ({"cidr": "10.1.0.0/16", "blockSize": 19}, "spec.blockSize"),
+        ({"cidr": "10.1.0.0/28", "blockSize": 26}, "spec.blockSize"),
+        ({"cidr": "169.254.0.0/16"}, "spec.cidr"),
+        ({"cidr": "10.1.0.0/16", "ipipMode": "Always", "vxlanMode": "Always"}, "spec.ipipMode"),
+        ({"cidr": "10.1.0.0/16", "ipipMode": "Sometimes"}, "spec.ipipMode"),
+        ({"cidr": "fd00::/48", "ipipMode": "Always"}, "spec.ipipMode"),
+        ({"cidr": "10.1.0.0/16", "natOutgoing": "yes"}, "spec.natOutgoing"),
+    ],
+)
 def test_pool_invalid_names_field(spec: dict, fld: str) -> None:
     with pytest.raises(Invalid) as ei:
         c.IPPool.from_spec(c.Meta("p"), spec)
@@ -91,9 +109,14 @@ def test_node_bad_address() -> None:
 def test_wep_namespaced_key_and_name() -> None:
     name = c.wep_name("n-1", "web-0")
     assert name == "n--1-k8s-web--0-eth0"
-    w = c.WorkloadEndpoint(meta=c.new_meta(name, "default"), node="n-1", interface_name="cali1234567890a",
-                           ip_networks=(ipaddress.ip_network("10.244.1.5/32"),), pod="web-0",
-                           container_id="abc")
+    w = c.WorkloadEndpoint(
+        meta=c.new_meta(name, "default"),
+        node="n-1",
+        interface_name="cali1234567890a",
+        ip_networks=(ipaddress.ip_network("10.244.1.5/32"),),
+        pod="web-0",
+        container_id="abc",
+    )
     key = c.key_for(w)
     assert key == f"/calico/resources/v3/projectcalico.org/workloadendpoints/default/{name}"
     assert c.parse_key(key) == (c.WorkloadEndpoint, "default", name)
@@ -104,8 +127,10 @@ def test_wep_namespaced_key_and_name() -> None:
 def test_bgp_config_and_peer() -> None:
     cfg = c.BGPConfiguration.from_spec(c.Meta("default"), {})
     assert cfg.as_number == 64512 and cfg.node_to_node_mesh_enabled
-    cfg2 = c.BGPConfiguration.from_spec(c.Meta("default"), {
-        "asNumber": "1.10", "nodeToNodeMeshEnabled": False, "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]})
+    cfg2 = c.BGPConfiguration.from_spec(
+        c.Meta("default"),
+        {"asNumber": "1.10", "nodeToNodeMeshEnabled": False, "serviceClusterIPs": [{"cidr": "10.96.0.0/12"}]},
+    )
     assert cfg2.as_number == 65546 and not cfg2.node_to_node_mesh_enabled
     assert json.loads(c.encode(cfg2))["spec"]["serviceClusterIPs"] == [{"cidr": "10.96.0.0/12"}]
     p = c.BGPPeer.from_spec(c.Meta("rr"), {"peerIP": "10.99.0.1:1179", "asNumber": 65000})
@@ -119,8 +144,11 @@ def test_bgp_config_and_peer() -> None:
 
 def test_decode_all_skips_bad() -> None:
     good = c.encode(c.IPPool.from_spec(c.new_meta("a"), {"cidr": "10.1.0.0/16"}))
-    items = [(c.IPPOOLS_PREFIX + "a", good), (c.IPPOOLS_PREFIX + "b", "{not json"),
-             (c.IPPOOLS_PREFIX + "c", json.dumps({"kind": "IPPool", "metadata": {"name": "c"}, "spec": {}}))]
+    items = [
+        (c.IPPOOLS_PREFIX + "a", good),
+        (c.IPPOOLS_PREFIX + "b", "{not json"),
+        (c.IPPOOLS_PREFIX + "c", json.dumps({"kind": "IPPool", "metadata": {"name": "c"}, "spec": {}})),
+    ]
     pools = list(c.decode_all(items, c.IPPool))
     assert [p.name for p in pools] == ["a"]
 
@@ -135,6 +163,7 @@ def test_datastore_helpers() -> None:
     assert got is not None and got[0].meta.uid
     uid = got[0].meta.uid
     from dataclasses import replace
+
     c.apply_resource(ds, replace(p, nat_outgoing=True))
     got2 = c.get_resource(ds, c.IPPool, "p1")
     assert got2 is not None and got2[0].nat_outgoing and got2[0].meta.uid == uid

@@ -74,8 +74,9 @@ def test_startup_vxlan_mac_kept_and_second_node() -> None:
 def test_existing_pool_not_replaced_and_rr_labels_kept() -> None:
     ds = MemoryDatastore()
     c.create_resource(ds, c.IPPool.from_spec(c.Meta("mine"), {"cidr": "10.50.0.0/16"}))
-    node = run_startup(ds, cfg(CALICO_ROUTE_REFLECTOR_CLUSTER_ID="224.0.0.1",
-                               CALICO_NODE_LABELS="route-reflector=true"))
+    node = run_startup(
+        ds, cfg(CALICO_ROUTE_REFLECTOR_CLUSTER_ID="224.0.0.1", CALICO_NODE_LABELS="route-reflector=true")
+    )
     assert [p.name for p in c.list_resources(ds, c.IPPool)] == ["mine"]
     assert node.rr_cluster_id == "224.0.0.1"
     # A restart without the env keeps the cluster id and labels.
@@ -91,6 +92,7 @@ def test_tunnel_address_released_when_pool_changes() -> None:
     got = c.get_resource(ds, c.IPPool, "default-ipv4-ippool")
     assert got is not None
     from dataclasses import replace
+
     c.apply_resource(ds, replace(got[0], ipip_mode="Never", vxlan_mode="Always"))
     new = ensure_tunnel_addresses(ds, "n1")
     assert new is not None and new.ipip_tunnel_addr is None and new.vxlan_tunnel_addr is not None

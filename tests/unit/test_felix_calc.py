@@ -17,30 +17,49 @@ N = ipaddress.ip_network
 A = ipaddress.ip_address
 
 
-def pool(mode_ipip: str = "Never", mode_vxlan: str = "Never", cidr: str = "10.244.0.0/16",
-         nat: bool = True, name: str = "default-ipv4-ippool") -> tuple[str, str]:
-    p = c.IPPool.from_spec(c.Meta(name), {"cidr": cidr, "ipipMode": mode_ipip, "vxlanMode": mode_vxlan,
-                                          "natOutgoing": nat})
+def pool(
+    mode_ipip: str = "Never",
+    mode_vxlan: str = "Never",
+    cidr: str = "10.244.0.0/16",
+    nat: bool = True,
+    name: str = "default-ipv4-ippool",
+) -> tuple[str, str]:
+    p = c.IPPool.from_spec(
+        c.Meta(name), {"cidr": cidr, "ipipMode": mode_ipip, "vxlanMode": mode_vxlan, "natOutgoing": nat}
+    )
     return c.key_for(p), c.encode(p)
 
 
-def node(name: str, ip: str, ipip: str | None = None, vx: str | None = None,
-         mac: str = "") -> tuple[str, str]:
-    n = c.Node(meta=c.Meta(name), ipv4_address=ipaddress.ip_interface(ip), as_number=None,
-               ipip_tunnel_addr=A(ipip) if ipip else None,  # type: ignore[arg-type]
-               vxlan_tunnel_addr=A(vx) if vx else None, vxlan_tunnel_mac=mac)  # type: ignore[arg-type]
+def node(
+    name: str, ip: str, ipip: str | None = None, vx: str | None = None, mac: str = ""
+) -> tuple[str, str]:
+    n = c.Node(
+        meta=c.Meta(name),
+        ipv4_address=ipaddress.ip_interface(ip),
+        as_number=None,
+        ipip_tunnel_addr=A(ipip) if ipip else None,  # type: ignore[arg-type]
+        vxlan_tunnel_addr=A(vx) if vx else None,
+        vxlan_tunnel_mac=mac,
+    )  # type: ignore[arg-type]
     return c.key_for(n), c.encode(n)
 
 
 def aff(node_name: str, block: str, state: str = "confirmed") -> tuple[str, str]:
     net = N(block)
-    return (f"/calico/ipam/v2/host/{node_name}/ipv4/block/{net.network_address}-{net.prefixlen}",
-            json.dumps({"state": state, "deleted": False}))
+    return (
+        f"/calico/ipam/v2/host/{node_name}/ipv4/block/{net.network_address}-{net.prefixlen}",
+        json.dumps({"state": state, "deleted": False}),
+    )
 
 
 def wep(node_name: str, pod: str, ip: str, ifname: str) -> tuple[str, str]:
-    w = c.WorkloadEndpoint(meta=c.Meta(c.wep_name(node_name, pod), "default"), node=node_name,
-                           interface_name=ifname, ip_networks=(N(ip),), pod=pod)
+    w = c.WorkloadEndpoint(
+        meta=c.Meta(c.wep_name(node_name, pod), "default"),
+        node=node_name,
+        interface_name=ifname,
+        ip_networks=(N(ip),),
+        pod=pod,
+    )
     return c.key_for(w), c.encode(w)
 
 
@@ -61,7 +80,9 @@ def base(mode_ipip: str = "Never", mode_vxlan: str = "Never") -> list[tuple[str,
         node("n1", "10.99.0.11/24", ipip="10.244.1.0", vx="10.244.1.1", mac="66:00:00:00:00:01"),
         node("n2", "10.99.0.12/24", ipip="10.244.2.0", vx="10.244.2.1", mac="66:00:00:00:00:02"),
         node("n3", "10.99.1.13/24", ipip="10.244.3.0", vx="10.244.3.1", mac="66:00:00:00:00:03"),
-        aff("n1", "10.244.1.0/26"), aff("n2", "10.244.2.0/26"), aff("n3", "10.244.3.0/26"),
+        aff("n1", "10.244.1.0/26"),
+        aff("n2", "10.244.2.0/26"),
+        aff("n3", "10.244.3.0/26"),
         wep("n1", "a", "10.244.1.5/32", "cali0000000000a"),
         wep("n2", "b", "10.244.2.5/32", "cali0000000000b"),
     ]
@@ -90,8 +111,9 @@ def test_encap_route_kind() -> None:
 def test_local_workloads_and_sysctls() -> None:
     spec = calc_felix(CFG, snap(*base()))
     r = spec.routes_by_dst()
-    assert r[N("10.244.1.5/32")] == Route(dst=N("10.244.1.5/32"), oif="cali0000000000a", proto=RTPROT_FELIX,
-                                          scope=SCOPE_LINK)
+    assert r[N("10.244.1.5/32")] == Route(
+        dst=N("10.244.1.5/32"), oif="cali0000000000a", proto=RTPROT_FELIX, scope=SCOPE_LINK
+    )
     sc = dict(spec.sysctls)
     assert sc["net/ipv4/ip_forward"] == "1"
     assert sc["net/ipv4/conf/cali0000000000a/proxy_arp"] == "1"
@@ -110,8 +132,9 @@ def test_ipip_always() -> None:
     spec = calc_felix(CFG, snap(*base("Always")))
     r = spec.routes_by_dst()
     assert r[N("10.244.1.0/26")] == Route(dst=N("10.244.1.0/26"), type="blackhole", proto=RTPROT_FELIX)
-    assert r[N("10.244.2.0/26")] == Route(dst=N("10.244.2.0/26"), gateway=A("10.99.0.12"), oif="tunl0",
-                                          proto=RTPROT_FELIX, onlink=True)
+    assert r[N("10.244.2.0/26")] == Route(
+        dst=N("10.244.2.0/26"), gateway=A("10.99.0.12"), oif="tunl0", proto=RTPROT_FELIX, onlink=True
+    )
     assert r[N("10.244.3.0/26")].oif == "tunl0" and r[N("10.244.3.0/26")].gateway == A("10.99.1.13")
     (t,) = spec.tunnels
     assert t.name == "tunl0" and t.address == A("10.244.1.0") and t.mtu == 1480
@@ -121,22 +144,32 @@ def test_ipip_always() -> None:
 def test_ipip_crosssubnet() -> None:
     spec = calc_felix(CFG, snap(*base("CrossSubnet")))
     r = spec.routes_by_dst()
-    assert r[N("10.244.2.0/26")] == Route(dst=N("10.244.2.0/26"), gateway=A("10.99.0.12"), oif="eth0",
-                                          proto=RTPROT_FELIX)
+    assert r[N("10.244.2.0/26")] == Route(
+        dst=N("10.244.2.0/26"), gateway=A("10.99.0.12"), oif="eth0", proto=RTPROT_FELIX
+    )
     assert r[N("10.244.3.0/26")].oif == "tunl0" and r[N("10.244.3.0/26")].onlink
 
 
 def test_vxlan_always_neigh_fdb_routes() -> None:
     spec = calc_felix(CFG, snap(*base(mode_vxlan="Always")))
     r = spec.routes_by_dst()
-    assert r[N("10.244.2.0/26")] == Route(dst=N("10.244.2.0/26"), gateway=A("10.244.2.1"), oif="vxlan.calico",
-                                          proto=RTPROT_FELIX, onlink=True)
+    assert r[N("10.244.2.0/26")] == Route(
+        dst=N("10.244.2.0/26"), gateway=A("10.244.2.1"), oif="vxlan.calico", proto=RTPROT_FELIX, onlink=True
+    )
     assert Neigh("vxlan.calico", A("10.244.2.1"), "66:00:00:00:00:02") in spec.neighs
     assert Fdb("vxlan.calico", "66:00:00:00:00:03", A("10.99.1.13")) in spec.fdbs
     assert len(spec.neighs) == 2 and len(spec.fdbs) == 2
     (t,) = spec.tunnels
     assert (t.name, t.vni, t.port, t.mtu, t.address, t.mac, t.local, t.underlay) == (
-        "vxlan.calico", 4096, 4789, 1450, A("10.244.1.1"), "66:00:00:00:00:01", A("10.99.0.11"), "eth0")
+        "vxlan.calico",
+        4096,
+        4789,
+        1450,
+        A("10.244.1.1"),
+        "66:00:00:00:00:01",
+        A("10.99.0.11"),
+        "eth0",
+    )
     assert spec.workload_mtu == 1450
 
 
@@ -177,9 +210,10 @@ def test_borrowed_remote_ip_gets_host_route() -> None:
 
 
 def test_bad_resources_skipped() -> None:
-    kvs = base("Always") + [(c.IPPOOLS_PREFIX + "bad", '{"kind":"IPPool","metadata":{"name":"bad"},'
-                                                       '"spec":{"cidr":"nonsense"}}'),
-                            (c.WEPS_PREFIX + "default/x", "{garbage")]
+    kvs = base("Always") + [
+        (c.IPPOOLS_PREFIX + "bad", '{"kind":"IPPool","metadata":{"name":"bad"},"spec":{"cidr":"nonsense"}}'),
+        (c.WEPS_PREFIX + "default/x", "{garbage"),
+    ]
     spec = calc_felix(CFG, snap(*kvs))
     assert N("10.244.2.0/26") in spec.routes_by_dst()
 
