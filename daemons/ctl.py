@@ -12,6 +12,7 @@ import sys
 # Subcommand groups; each module's register() adds its parsers and sets `func` on them.
 COMMAND_MODULES = [
     "pycni.cli.lab",
+    "pycni.cli.ipam",
 ]
 
 
