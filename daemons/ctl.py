@@ -13,6 +13,7 @@ import sys
 COMMAND_MODULES = [
     "pycni.cli.lab",
     "pycni.cli.ipam",
+    "pycni.cli.flannel",
 ]
 
 
