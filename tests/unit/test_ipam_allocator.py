@@ -410,3 +410,16 @@ def test_same_node_claims_of_one_block_both_succeed(ds: MemoryDatastore) -> None
     assert aff is not None and json.loads(aff.value)["state"] == "confirmed"
     assert other.claim_affinity(cidr)  # and the other claimer finds the block its own
     assert a.blocks_for_node() == [cidr]
+
+
+def test_ipv6_pool(ds: MemoryDatastore) -> None:
+    add_pool(ds, "default-ipv6-ippool", "fd00:10::/112", block_size=122)
+    a = alloc(ds, "n1")
+    v6 = a.auto_assign("h", version=6, num=2)
+    assert all(i.ip in ipaddress.ip_network("fd00:10::/112") and i.network.prefixlen == 122 for i in v6)
+    assert ds.get(keys.block_key(v6[0].network)) is not None
+    assert "/ipv6/block/" in keys.block_key(v6[0].network)
+    assert a.blocks_for_node(version=6) == [v6[0].network]
+    v4 = a.auto_assign("h", version=4)
+    assert handle(ds, "h")["block"] == {str(v6[0].network): 2, str(v4[0].network): 1}  # type: ignore[index]
+    assert sorted(map(str, a.release_by_handle("h"))) == sorted(str(i.ip) for i in v6 + v4)

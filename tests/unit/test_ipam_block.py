@@ -153,3 +153,55 @@ def test_small_records() -> None:
     cfg = keys.IPAMConfig.from_json('{"strict_affinity": true}')
     assert cfg.strict_affinity and not cfg.auto_allocate_blocks  # Go zero value when the key exists
     assert keys.IPAMConfig() == keys.IPAMConfig(False, True, 0)
+
+
+def _check_invariants(b: AllocationBlock) -> None:
+    free = set(b.unallocated)
+    used = {o for o, a in enumerate(b.allocations) if a is not None}
+    assert len(free) == len(b.unallocated), "an ordinal is free twice"
+    assert free.isdisjoint(used) and free | used == set(range(b.size))
+    assert {a for a in b.allocations if a is not None} == set(range(len(b.attributes)))
+    assert set(b.sequence_number_for_allocation) == {str(o) for o in used}
+    assert AllocationBlock.from_json(b.to_json()).to_json() == b.to_json()
+
+
+def test_random_operations_keep_the_block_consistent() -> None:
+    import random
+
+    rng = random.Random(42)
+    b = AllocationBlock.new(ipaddress.ip_network("10.1.0.0/27"), affinity="host:n", sequence_number=1)
+    held: dict[str, list[ipaddress.IPv4Address]] = {}
+    for step in range(2000):
+        op = rng.random()
+        if op < 0.45:
+            h = f"h{rng.randrange(12)}"
+            got = b.auto_assign(rng.randint(1, 3), h, {"pod": h} if rng.random() < 0.8 else None)
+            held.setdefault(h, []).extend(i.ip for i in got)  # type: ignore[misc]
+        elif op < 0.6:
+            o = rng.randrange(b.size)
+            h = f"h{rng.randrange(12)}"
+            try:
+                b.assign(b.ip(o), h, None)  # type: ignore[arg-type]
+                held.setdefault(h, []).append(b.ip(o))  # type: ignore[arg-type]
+            except AlreadyExists:
+                assert b.allocations[o] is not None
+        elif op < 0.8 and held:
+            h = rng.choice(sorted(held))
+            assert sorted(b.release_by_handle(h)) == sorted(held.pop(h))
+        else:
+            ips = [b.ip(rng.randrange(b.size)) for _ in range(rng.randint(1, 4))]
+            before = {ip for ip in ips if b.allocations[b.ordinal(ip)] is not None}
+            missing, by_handle = b.release(ips)
+            assert set(missing) == set(ips) - before and sum(by_handle.values()) == len(before)
+            for h in list(held):
+                held[h] = [ip for ip in held[h] if ip not in before]
+        b.sequence_number += 1
+        _check_invariants(b)
+        assert b.handles() == {h: len(v) for h, v in held.items() if v}, step
+
+
+def test_ipv6_block() -> None:
+    b = AllocationBlock.new(ipaddress.ip_network("fd00:10::/122"))
+    got = b.auto_assign(2, "h", None)
+    assert [str(i) for i in got] == ["fd00:10::/122", "fd00:10::1/122"]
+    assert json.loads(b.to_json())["cidr"] == "fd00:10::/122" and b.size == 64
