@@ -29,8 +29,14 @@ IFACE_GRACE = 10.0
 
 
 def felix_bindings(
-    netlink: Any, cfg: FelixConfig, *, iptables: bool = True, grace: float = IFACE_GRACE
+    netlink: Any,
+    cfg: FelixConfig,
+    *,
+    iptables: bool = True,
+    grace: float = IFACE_GRACE,
+    netns: str | None = None,
 ) -> list[Binding[FelixSpec]]:
+    """`netns`: the named namespace `netlink` speaks to, for the iptables tools (tests)."""
     tunnels = TunnelDriver(netlink)
     neighs = NeighTable(netlink, [CALI_VXLAN_DEV], name="vxlan-neighs")
     fdbs = FdbTable(netlink, [CALI_VXLAN_DEV], name="vxlan-fdb")
@@ -44,6 +50,6 @@ def felix_bindings(
         Binding(sysctls, lambda s: sysctls.set_desired(s.sysctls)),
     ]
     if iptables:
-        nat = NatDriver()
+        nat = NatDriver(netns=netns)
         out.append(Binding(nat, lambda s: nat.set_desired(s.nat)))
     return out

@@ -168,11 +168,15 @@ def build_agent(
     mtu_file: str | None = None,
     resync_interval: float = 30.0,
     iptables: bool = True,
+    netns: str | None = None,
+    grace: float | None = None,
 ) -> Agent[FelixSpec]:
     """The felix Agent over a Netlink (real or fake); the datastore source is attached by the caller."""
     from pycni.calico.bindings import felix_bindings
 
-    bindings: list[Binding[FelixSpec]] = felix_bindings(netlink, cfg, iptables=iptables)
+    bindings: list[Binding[FelixSpec]] = felix_bindings(
+        netlink, cfg, iptables=iptables, netns=netns, **({} if grace is None else {"grace": grace})
+    )
     if mtu_file:
         mf = MtuFileDriver(mtu_file)
         bindings.append(Binding(mf, lambda s: mf.set_desired(s.workload_mtu)))

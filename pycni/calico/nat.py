@@ -48,10 +48,16 @@ class NatDriver:
     name = "nat-outgoing"
 
     def __init__(
-        self, *, iptables_save: str = "iptables-save", iptables_restore: str = "iptables-restore"
+        self,
+        *,
+        iptables_save: str = "iptables-save",
+        iptables_restore: str = "iptables-restore",
+        netns: str | None = None,
     ) -> None:
-        self._save = shutil.which(iptables_save) or iptables_save
-        self._restore = shutil.which(iptables_restore) or iptables_restore
+        """`netns`: run the tools inside that named namespace (tests); None: our own namespace."""
+        wrap = ["nsenter", f"--net=/run/netns/{netns}", "--"] if netns else []
+        self._save = [*wrap, shutil.which(iptables_save) or iptables_save]
+        self._restore = [*wrap, shutil.which(iptables_restore) or iptables_restore]
         self._want: list[str] = []
         self._have: tuple[list[str], bool] | None = None  # (chain rules, jump present); None: unknown
 
@@ -63,7 +69,7 @@ class NatDriver:
 
     def _read(self) -> tuple[list[str], bool, bool]:
         out = subprocess.run(
-            [self._save, "-t", "nat"], capture_output=True, text=True, timeout=10, check=True
+            [*self._save, "-t", "nat"], capture_output=True, text=True, timeout=10, check=True
         ).stdout
         rules = [ln for ln in out.splitlines() if ln.startswith(f"-A {CHAIN} ")]
         chain_exists = any(ln.startswith(f":{CHAIN} ") for ln in out.splitlines())
@@ -90,7 +96,7 @@ class NatDriver:
                 lines.append(JUMP)
             lines.append("COMMIT")
             subprocess.run(
-                [self._restore, "--noflush", "-w", "5"],
+                [*self._restore, "--noflush", "-w", "5"],
                 input="\n".join(lines) + "\n",
                 text=True,
                 capture_output=True,
