@@ -22,7 +22,7 @@ from pyroute2 import netns as pr_netns
 from pycni.calc.felix import SYNC_PREFIXES, FelixConfig
 from pycni.calico.felix import build_agent
 from pycni.constants import RTPROT_FELIX
-from pycni.dataplane.netlink import Link, Route
+from pycni.dataplane.netlink import Route
 from pycni.dataplane.pyroute2_netlink import Pyroute2Netlink
 from pycni.datastore import calico as c
 from pycni.datastore.memory import MemoryDatastore
