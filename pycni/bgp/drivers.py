@@ -109,7 +109,7 @@ class LearnedRoutes:
         self.tracker.replace_desired({d: _norm(r) for d, r in self._routes.items()})
         if not spec.hold_deletions and not self._released:
             self._released = True
-            log.info("route deletions allowed", held=not spec.hold_deletions)
+            log.info("route deletions allowed (peers in sync or restart window over)")
         self.hold_deletions = not self._released
 
     def queue_resync(self) -> None:

@@ -311,6 +311,8 @@ class ExaBgp:
             line = raw.decode("utf-8", "replace").strip()
             if line.startswith("#relay"):
                 continue
+            if line not in ("done", "error"):
+                log.debug("exabgp line", line=line)
             for ev in exabgp_api.decode(line):
                 if isinstance(ev, Ack):
                     with self._cond:

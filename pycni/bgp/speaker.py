@@ -107,7 +107,17 @@ class Speaker:
             if was == "up":
                 log.info("bgp session down", peer=str(peer), reason=reason,
                          retained=len(self._routes.get(peer, set())))
-            if state == "down" and peer not in self._down_at:
+            if state == "down" and reason.startswith("notification"):
+                # A NOTIFICATION (e.g. Cease, administrative shutdown) ends graceful restart: the
+                # peer meant to go (RFC 4724 helpers retain routes only when the TCP session just
+                # died). exabgp's own graceful shutdown sends none, so pycni peers are retained.
+                keys = set(self._routes.get(peer, set()))
+                if keys:
+                    log.info("peer routes withdrawn after notification", peer=str(peer), routes=len(keys))
+                self._stale.pop(peer, None)
+                self._down_at.pop(peer, None)
+                self._drop(peer, keys)
+            elif state == "down" and peer not in self._down_at:
                 self._down_at[peer] = self._clock.now()
             info = {"connected": "connect", "down": "down"}.get(state, state)
             self._set_state(peer, state=info, since=self._wall() if was != info else
