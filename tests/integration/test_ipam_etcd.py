@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -132,6 +134,65 @@ def test_200_concurrent_allocations_from_3_nodes(etcd: EtcdServer, clients: dict
         assert attr["handle_id"] == h and attr["secondary"]["node"] == node
         assert handles[keys.handle_key(h)]["block"] == {str(ip.network): 1}
     assert sum(sum(a is not None for a in b["allocations"]) for b in blocks.values()) == 200
+
+
+# One "node" per OS process (its own interpreter, GIL and etcd client), 4 threads inside each.
+_NODE_PROCESS = r"""
+import json, sys, threading
+from pycni.datastore.etcd import EtcdDatastore
+from pycni.ipam.allocator import BlockAllocator
+from pycni.log import configure
+configure(level="warning", stream=sys.stderr)  # stdout is our report channel
+endpoint, node, handles = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+ds = EtcdDatastore(endpoint)
+a = BlockAllocator(ds, node=node)
+out, errors = [], []
+def work(mine):
+    try:
+        for h in mine:
+            out.append((h, str(a.auto_assign(h, {"namespace": "default", "node": node, "pod": h})[0])))
+    except BaseException as e:
+        errors.append(repr(e))
+ds.list("/calico/ipam/v2/config")  # connect before the start signal
+print("ready", flush=True)
+sys.stdin.readline()
+ts = [threading.Thread(target=work, args=(handles[i::4],)) for i in range(4)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(json.dumps({"ips": out, "errors": errors}), flush=True)
+"""
+
+
+def test_200_concurrent_allocations_from_3_node_processes(
+    etcd: EtcdServer, clients: dict[str, EtcdDatastore]
+) -> None:
+    jobs = {n: [f"k8s-pod-network.p{i:04d}" for i in range(200) if i % 3 == k] for k, n in enumerate(NODES)}
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _NODE_PROCESS, etcd.endpoint, n, ",".join(hs)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for n, hs in jobs.items()
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        t0 = time.monotonic()
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        reports = [json.loads(p.stdout.readline()) for p in procs if p.stdout is not None]
+        elapsed = time.monotonic() - t0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=10)
+    print(f"\n200 concurrent allocations, 3 node processes x 4 threads: {elapsed:.2f}s")
+    assert [r["errors"] for r in reports] == [[], [], []]
+    got = [ipaddress.ip_interface(ip) for r in reports for _h, ip in r["ips"]]
+    assert len(got) == 200 and len({i.ip for i in got}) == 200
+    handles = set(dump(etcd, keys.HANDLE_PREFIX))
+    assert handles == {keys.handle_key(h) for hs in jobs.values() for h in hs}
 
 
 def test_concurrent_release_leaves_no_handles(etcd: EtcdServer, clients: dict[str, EtcdDatastore]) -> None:
