@@ -14,7 +14,7 @@ from pyroute2 import netns as pr_netns
 
 from pycni.dataplane.fdb_table import FdbTable
 from pycni.dataplane.neigh_table import NeighTable
-from pycni.dataplane.netlink import SCOPE_LINK, Fdb, Link, Neigh, Route, VxlanInfo
+from pycni.dataplane.netlink import SCOPE_LINK, Fdb, Link, Neigh, NetlinkError, Route, VxlanInfo
 from pycni.dataplane.pyroute2_netlink import Pyroute2Netlink
 from pycni.dataplane.route_table import RouteTable
 from pycni.dataplane.sysctls import Sysctls
@@ -168,3 +168,158 @@ def test_sysctls_real(node: Node) -> None:
     sc.queue_resync()
     assert sc.apply() is True
     assert read("net/ipv4/conf/eth0/proxy_arp") == "1"
+
+
+# -- links ------------------------------------------------------------------------------------
+def test_vxlan_device_recreated_after_deletion_and_when_incompatible(node: Node) -> None:
+    from pycni.dataplane.links import Device, LinkDriver
+
+    recreated: list[str] = []
+    ld = LinkDriver(node.nl, on_recreate=recreated.append)
+    info = VxlanInfo(vni=1, port=8472, local=ip("10.99.0.1"), underlay="eth0")
+    addr = ipaddress.ip_interface("10.244.1.0/32")
+    ld.set_desired(
+        [Device("pyt-dp-fl.1", "vxlan", mtu=1450, addrs=(addr,), vxlan=info, mac="0e:00:00:00:00:01")]
+    )
+    assert ld.apply() is True
+    d = node.ipj("-d", "link", "show", "pyt-dp-fl.1")[0]
+    assert d["linkinfo"]["info_data"]["id"] == 1 and d["linkinfo"]["info_data"]["port"] == 8472
+    assert d["mtu"] == 1450 and d["address"] == "0e:00:00:00:00:01" and "UP" in d["flags"]
+    v4 = [
+        a["local"] for a in node.ipj("addr", "show", "pyt-dp-fl.1")[0]["addr_info"] if a["family"] == "inet"
+    ]
+    assert v4 == ["10.244.1.0"]
+    assert recreated == ["pyt-dp-fl.1"]
+    assert ld.apply() is True and recreated == ["pyt-dp-fl.1"]  # compatible: kept
+
+    node.ip("link", "del", "pyt-dp-fl.1")
+    assert ld.apply() is True
+    assert node.ipj("link", "show", "pyt-dp-fl.1")[0]["mtu"] == 1450
+    assert recreated == ["pyt-dp-fl.1"] * 2
+
+    # A new lease: new address replaces the old one; a VNI change forces a recreate.
+    new = ipaddress.ip_interface("10.244.7.0/32")
+    ld.set_desired([Device("pyt-dp-fl.1", "vxlan", mtu=1450, addrs=(new,), vxlan=info)])
+    ld.apply()
+    assert [
+        a["local"] for a in node.ipj("addr", "show", "pyt-dp-fl.1")[0]["addr_info"] if a["family"] == "inet"
+    ] == ["10.244.7.0"]
+    ld.set_desired([Device("pyt-dp-fl.1", "vxlan", mtu=1450, vxlan=VxlanInfo(vni=2, underlay="eth0"))])
+    ld.apply()
+    assert node.ipj("-d", "link", "show", "pyt-dp-fl.1")[0]["linkinfo"]["info_data"]["id"] == 2
+    assert len(recreated) == 3
+    ld.set_desired([])
+    assert ld.apply() is True
+    assert node.nl.link("pyt-dp-fl.1") is None
+
+
+def test_ensure_bridge_and_ipip(node: Node) -> None:
+    from pycni.dataplane.links import ensure_bridge, ensure_ipip
+
+    br = ensure_bridge(node.nl, "pyt-dp-cni0", ipaddress.ip_interface("10.244.1.1/24"), 1450)
+    assert br.kind == "bridge" and br.mtu == 1450 and br.up
+    again = ensure_bridge(node.nl, "pyt-dp-cni0", ipaddress.ip_interface("10.244.1.1/24"), 1450)
+    assert again.index == br.index
+    assert ipaddress.ip_interface("10.244.1.1/24") in node.nl.addrs("pyt-dp-cni0")
+    with pytest.raises(NetlinkError):
+        ensure_bridge(node.nl, "eth0")  # a veth is not a bridge
+    try:
+        tunl = ensure_ipip(node.nl, "tunl0", ipaddress.ip_interface("10.244.1.1/32"), 1480)
+    except NetlinkError as e:  # no ipip module here: the UML lane covers it
+        assert e.errno == 95
+    else:
+        assert tunl.up and tunl.mtu == 1480
+
+
+# -- iptables ---------------------------------------------------------------------------------
+def test_iptables_chain_programmed_repaired_and_cleaned(node: Node) -> None:
+    from pycni.dataplane.iptables import Chain, IptablesChains
+
+    def save(table: str = "nat") -> str:
+        return subprocess.run(
+            ["nsenter", f"--net=/run/netns/{node.name}", "iptables-save", "-t", table],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+
+    def rules(chain: str, table: str = "nat") -> list[str]:
+        return [ln for ln in save(table).splitlines() if ln.startswith(f"-A {chain} ")]
+
+    masq = Chain(
+        table="nat",
+        name="PYT-DP-POSTRTG",
+        rules=(
+            '-s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment "pyt masq" -j RETURN',
+            '-s 10.244.0.0/16 ! -d 224.0.0.0/4 -m comment --comment "pyt masq" -j MASQUERADE --random-fully',
+        ),
+        hook="POSTROUTING",
+        jump='-m comment --comment "pyt masq" -j PYT-DP-POSTRTG',
+    )
+    fwd = Chain(
+        table="filter",
+        name="PYT-DP-FWD",
+        rules=('-s 10.244.0.0/16 -m comment --comment "pyt fwd" -j ACCEPT',),
+        hook="FORWARD",
+        jump='-m comment --comment "pyt fwd" -j PYT-DP-FWD',
+    )
+    ipt = IptablesChains(netns=node.name, sweep_prefixes=("PYT-DP-OLD",))
+    # An unrelated rule in the same hook, and a leftover chain of a previous version of ours.
+    subprocess.run(
+        [
+            "nsenter",
+            f"--net=/run/netns/{node.name}",
+            "sh",
+            "-c",
+            "iptables -t nat -A POSTROUTING -o eth9 -j RETURN && iptables -t nat -N PYT-DP-OLD"
+            " && iptables -t nat -A POSTROUTING -j PYT-DP-OLD",
+        ],
+        check=True,
+    )
+    ipt.set_desired([masq, fwd])
+    assert ipt.apply() is True
+    assert len(rules("PYT-DP-POSTRTG")) == 2
+    assert rules("POSTROUTING")[0].endswith("-j PYT-DP-POSTRTG")
+    assert rules("POSTROUTING")[1:] == ["-A POSTROUTING -o eth9 -j RETURN"]
+    assert ":PYT-DP-OLD" not in save()
+    assert len(rules("PYT-DP-FWD", "filter")) == 1 and len(rules("FORWARD", "filter")) == 1
+
+    # Nothing changed: no writes (a resync just reads).
+    ipt.queue_resync()
+    assert ipt.apply() is True
+
+    # A rule deleted by hand and a duplicated jump come back right after a resync.
+    subprocess.run(
+        [
+            "nsenter",
+            f"--net=/run/netns/{node.name}",
+            "sh",
+            "-c",
+            "iptables -t nat -D PYT-DP-POSTRTG 2 && iptables -t nat -A POSTROUTING -j PYT-DP-POSTRTG",
+        ],
+        check=True,
+    )
+    assert len(rules("PYT-DP-POSTRTG")) == 1
+    ipt.queue_resync()
+    assert ipt.apply() is True
+    assert len(rules("PYT-DP-POSTRTG")) == 2
+    assert len([r for r in rules("POSTROUTING") if "PYT-DP-POSTRTG" in r]) == 1
+
+    # The jump deleted by hand comes back, at the top.
+    subprocess.run(
+        ["nsenter", f"--net=/run/netns/{node.name}", "iptables", "-t", "nat", "-D", "POSTROUTING", "1"],
+        check=True,
+    )
+    ipt.queue_resync()
+    ipt.apply()
+    assert rules("POSTROUTING")[0].endswith("-j PYT-DP-POSTRTG")
+
+    # A changed spec rewrites the chain; cleanup removes chains and jumps, nothing else.
+    from dataclasses import replace
+
+    ipt.set_desired([replace(masq, rules=masq.rules[:1]), fwd])
+    assert ipt.apply() is True
+    assert len(rules("PYT-DP-POSTRTG")) == 1
+    ipt.cleanup()
+    assert "PYT-DP" not in save() and "PYT-DP" not in save("filter")
+    assert rules("POSTROUTING") == ["-A POSTROUTING -o eth9 -j RETURN"]
