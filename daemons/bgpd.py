@@ -27,6 +27,7 @@ from pycni.agent import Agent, Binding, run_source
 from pycni.bgp.announcer import Announcer
 from pycni.bgp.drivers import ExaBgpConfig, LearnedRoutes
 from pycni.bgp.exabgp_process import ExaBgp
+from pycni.bgp.paths import default_run_dir, status_socket
 from pycni.bgp.speaker import Speaker
 from pycni.bgp.status import StatusServer, peer_row
 from pycni.calc.bgp import DATASTORE_PREFIXES, BgpContext, BgpSpec, PeerSession, calc
@@ -34,20 +35,13 @@ from pycni.constants import RTPROT_BGPD
 
 log = structlog.get_logger("pycni.bgpd")
 
-DEFAULT_RUN_ROOT = "/run/pycni/bgpd"
-
-
-def default_run_dir(nodename: str) -> str:
-    return os.path.join(DEFAULT_RUN_ROOT, nodename)
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pycni-bgpd",
                                 description="BGP speaker for Calico-style pod networks (exabgp)")
     p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
     p.add_argument("--nodename", default=os.environ.get("NODENAME") or socket.gethostname())
     p.add_argument("--run-dir", default="",
-                   help="exabgp.conf, sockets, exabgp.log (default /run/pycni/bgpd/<node>)")
+                   help="exabgp.conf, sockets, exabgp.log (default /run/pycni/bgpd/<node>[@netns-<inode>])")
     p.add_argument("--status-socket", default="", help="status socket (default <run-dir>/status.sock)")
     p.add_argument("--iface", default="", help="underlay device (default: ask the kernel per next hop)")
     p.add_argument("--exabgp", default="", help="exabgp binary (default: the venv's, else PATH)")
@@ -104,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or default_run_dir(nodename)
     os.makedirs(run_dir, mode=0o755, exist_ok=True)
     os.chmod(run_dir, 0o755)  # exabgp (unprivileged) reaches its config and socket through it
-    status_path = args.status_socket or os.path.join(run_dir, "status.sock")
+    status_path = args.status_socket or status_socket(run_dir)
 
     nl = Pyroute2Netlink()
     via_cache: dict[str, tuple[float, tuple[Any, str] | None]] = {}

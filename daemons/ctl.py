@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "pycni.cli.lab",
     "pycni.cli.ipam",
     "pycni.cli.flannel",
+    "pycni.cli.node",
 ]
 
 

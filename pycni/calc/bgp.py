@@ -324,6 +324,23 @@ def peers_for(snap: Snapshot, me: Node, nodes: Mapping[str, Node], cfg: BGPConfi
                     p = node_peer(n, kind, pw, r.local_as_number)
                     if p is not None:
                         add(p)
+    # Selector peerings are symmetric, as confd makes them: a node selected by a BGPPeer's
+    # peerSelector peers back with every node that BGPPeer applies to (route reflectors learn
+    # their clients this way).
+    for r in explicit:
+        if not r.peer_selector or not selector_matches(r.peer_selector, me.meta.labels):
+            continue
+        pw = _password(r.extra.get("password"), ctx)
+        for name in sorted(nodes):
+            n = nodes[name]
+            if name == me.name:
+                continue
+            applies = (r.node == name) if r.node else (
+                selector_matches(r.node_selector, n.meta.labels) if r.node_selector else True)
+            if applies:
+                p = node_peer(n, KIND_NODE if (r.node or r.node_selector) else KIND_GLOBAL, pw)
+                if p is not None:
+                    add(p)
     return [by_addr[a] for a in sorted(by_addr, key=lambda a: (a.version, int(a)))]
 
 

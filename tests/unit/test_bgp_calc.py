@@ -277,3 +277,15 @@ def test_selectors() -> None:
     assert selector_matches("rack in {'a', 'c'}", labels)
     assert selector_matches("rack == 'x' || has(rr)", labels)
     assert not selector_matches("(broken", labels)
+
+
+def test_calico_docs_route_reflector_setup_is_symmetric() -> None:
+    # calicoctl docs: mesh off, RRs labelled, one BGPPeer "every node peers with the reflectors".
+    s = Snap().pool().config(nodeToNodeMeshEnabled=False)
+    s.node("n1", "10.99.0.11", rr="224.0.0.1", labels={"route-reflector": "true"})
+    s.node("n2", "10.99.0.12").node("n3", "10.99.0.13")
+    s.peer("peer-with-route-reflectors", nodeSelector="all()", peerSelector="route-reflector == 'true'")
+    rr = calc(s.s, CTX)
+    assert addrs(rr) == ["10.99.0.12", "10.99.0.13"] and all(p.rr_client for p in rr.peers)
+    client = calc(s.s, BgpContext(nodename="n2"))
+    assert addrs(client) == ["10.99.0.11"] and client.peers[0].kind == KIND_NODE
