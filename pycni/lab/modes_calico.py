@@ -187,6 +187,14 @@ class CalicoMode:
         bindir = os.path.join(node.dir, "opt/cni/bin")
         os.makedirs(bindir, exist_ok=True)
         install_plugin(bindir)
+        # Real nodes have a default gateway, and Calico's proxy-ARP depends on it: the kernel
+        # answers a pod's ARP for 169.254.1.1 only if it has a route to that address through
+        # another interface. The lab's nodes only know 10.99.0.0/16, so give them one.
+        from pycni.lab import plan
+
+        lab.ip_batch(
+            node.netns, [f"route replace default via {plan.router_ip(node.segment)} dev eth0 onlink"]
+        )
         os.makedirs(os.path.join(node.dir, "run"), exist_ok=True)
         try:
             os.unlink(self._mtu_file(node))  # wait_ready waits for felix to write it again
@@ -258,6 +266,7 @@ class CalicoMode:
                     "datastore_type": "etcdv3",
                     "etcd_endpoints": lab.etcd_endpoint,
                     "mtu": self.workload_mtu(lab),
+                    "mtu_file": self._mtu_file(node),
                     "ipam": {"type": "calico-ipam", "assign_ipv4": "true"},
                     "agentSocket": os.path.join(node.dir, "run/pycni.sock"),
                     "cacheDir": os.path.join(node.dir, "var/lib/cni/cache"),
