@@ -403,8 +403,10 @@ class BlockAllocator:
     # -- handles ---------------------------------------------------------------------------------
     def _increment_handle(self, handle_id: str, cidr: IPNetwork, n: int) -> None:
         key = keys.handle_key(handle_id)
-        for _ in self._attempts("increment handle", handle=handle_id):
-            cur = self._ds.get(key)
+        cur: Versioned | None = None
+        for attempt in self._attempts("increment handle", handle=handle_id):
+            if attempt:  # the first try assumes a new handle (the common CNI ADD): one round trip
+                cur = self._ds.get(key)
             if cur is None:
                 try:
                     self._ds.create(key, IPAMHandle({str(cidr): n}).to_json())
@@ -446,35 +448,49 @@ class BlockAllocator:
         self, cidr: IPNetwork, num: int, handle_id: str | None, attrs: Mapping[str, str] | None,
         *, own: bool,
     ) -> list[IPInterface]:
-        """Up to `num` addresses from one block (CAS loop). `own`: only while it is still ours."""
-        for _ in self._attempts("assign from block", block=str(cidr)):
-            try:
-                got = self._get_block(cidr)
-            except Invalid as e:
-                log.warning("bad ipam block skipped", block=str(cidr), error=str(e))
-                return []
-            if got is None:
-                return []
-            block, rev = got
-            if own and block.affinity != self._affinity:
-                return []
-            if block.num_free() == 0:
-                return []
-            b = block.copy()
-            ips = b.auto_assign(num, handle_id, attrs)
-            b.sequence_number += 1
-            if handle_id is not None:
-                self._increment_handle(handle_id, cidr, len(ips))
-            try:
-                self._ds.update(keys.block_key(cidr), b.to_json(), revision=rev)
-            except CasConflict:
-                if handle_id is not None:
-                    self._decrement_handle(handle_id, cidr, len(ips))
-                continue
-            log.info("addresses assigned", block=str(cidr), ips=[str(i.ip) for i in ips],
-                     handle=handle_id, node=self.node, borrowed=not own)
-            return ips
-        raise AssertionError("unreachable")  # pragma: no cover
+        """Up to `num` addresses from one block (CAS loop). `own`: only while it is still ours.
+
+        The handle is credited before the block CAS (the crash-safety invariant); a lost CAS keeps
+        the credit for the next attempt instead of undoing it, and only the difference is settled
+        at the end, which saves two writes per lost race.
+        """
+        credit = 0  # addresses in this block the handle already counts for us
+        ips: list[IPInterface] = []
+        try:
+            for _ in self._attempts("assign from block", block=str(cidr)):
+                ips = []
+                try:
+                    got = self._get_block(cidr)
+                except Invalid as e:
+                    log.warning("bad ipam block skipped", block=str(cidr), error=str(e))
+                    break
+                if got is None:
+                    break
+                block, rev = got
+                if (own and block.affinity != self._affinity) or block.num_free() == 0:
+                    break
+                b = block.copy()
+                new = b.auto_assign(num, handle_id, attrs)
+                b.sequence_number += 1
+                if handle_id is not None and len(new) > credit:
+                    self._increment_handle(handle_id, cidr, len(new) - credit)
+                    credit = len(new)
+                try:
+                    self._ds.update(keys.block_key(cidr), b.to_json(), revision=rev)
+                except CasConflict:
+                    continue
+                ips = new
+                log.info("addresses assigned", block=str(cidr), ips=[str(i.ip) for i in ips],
+                         handle=handle_id, node=self.node, borrowed=not own)
+                break
+        except RetriesExhausted:
+            ips = []  # settle the credit below, then give up
+            if handle_id is not None and credit:
+                self._decrement_handle(handle_id, cidr, credit)
+            raise
+        if handle_id is not None and credit > len(ips):
+            self._decrement_handle(handle_id, cidr, credit - len(ips))
+        return ips
 
     def _find_claimable(self, pools: Sequence[IPPool], cfg: IPAMConfig, version: int) -> IPNetwork | None:
         """A block CIDR to claim: unclaimed, or ours with room; else an old empty block to reclaim."""
