@@ -1,0 +1,214 @@
+"""The CNI fast path's resident half: a unix-socket server inside the node agent.
+
+kubelet starts the plugin binary once per pod operation; a Python process with pyroute2, structlog
+and an etcd client loaded needs ~0.5 s before doing anything. So the binary is a stdlib-only front
+(`pycni.cni.front`) and the work happens here, in a process that is already warm: felix hosts a
+`CniServer` in calico mode, flanneld in flannel mode (each is always running on a node of its mode
+and already holds the datastore connection); `python -m pycni.cni.server` hosts one standalone for
+tests and benchmarks. The same `skel.dispatch` + `CniPlugin` run here as in-process.
+
+What staying resident buys, besides the start-up: netlink sockets in the host namespace are
+pooled, datastore clients and block allocators live across calls, pod namespaces are entered by a
+worker thread `setns()`-ing only itself for a `socket()` call (no fork, unlike pyroute2's NetNS),
+and veth destruction (an RCU grace period, 15-25 ms) happens after DEL has answered
+(`plugin.Reaper`).
+
+Safety: the server only acts for callers in its own network namespace (SO_PEERCRED -> pid ->
+/proc/<pid>/ns/net); anyone else is told to run the plugin in-process. The socket is 0600, root's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pycni.cni import skel
+from pycni.cni.log import get_logger
+from pycni.cni.plugin import CniPlugin, Reaper
+
+log = get_logger("pycni.cni.server")
+
+MAGIC = b"PYCNI1"
+ANSWERED, FALLBACK = 0, 1
+_PEERCRED = struct.Struct("3i")
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        c = conn.recv(n - len(buf))
+        if not c:
+            raise ConnectionError("short read")
+        buf += c
+    return bytes(buf)
+
+
+def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes]:
+    if _recv_exact(conn, 6) != MAGIC:
+        raise ValueError("bad magic")
+    n = int.from_bytes(_recv_exact(conn, 4), "little")
+    env_blob = _recv_exact(conn, n) if n else b""
+    m = int.from_bytes(_recv_exact(conn, 4), "little")
+    stdin = _recv_exact(conn, m) if m else b""
+    env: dict[str, str] = {}
+    for item in env_blob.split(b"\0"):
+        k, sep, v = item.partition(b"=")
+        if sep:
+            env[k.decode(errors="replace")] = v.decode(errors="replace")
+    return env, stdin
+
+
+class CniServer:
+    """Serve CNI requests on `socket_path` until `stop()`. `start()` returns at once (threads)."""
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str],
+        *,
+        datastore_factory: Callable[[], Any] | None = None,
+        workers: int = 8,
+    ) -> None:
+        self.socket_path = Path(socket_path)
+        self.reaper: Reaper | None = None
+        self.plugin: CniPlugin | None = None
+        self._datastore_factory = datastore_factory
+        self._workers = workers
+        self._sock: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._netns_ino = os.stat("/proc/self/ns/net").st_ino
+
+    def start(self) -> None:
+        self.reaper = Reaper()
+        self.plugin = CniPlugin(datastore_factory=self._datastore_factory, reaper=self.reaper)
+        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.bind(str(self.socket_path))
+        os.chmod(self.socket_path, 0o600)
+        s.listen(256)
+        self._sock = s
+        t = threading.Thread(target=self._accept_loop, name="pycni-cni-accept", daemon=True)
+        t.start()
+        self._threads.append(t)
+        for i in range(self._workers):
+            w = threading.Thread(target=self._worker, name=f"pycni-cni-{i}", daemon=True)
+            w.start()
+            self._threads.append(w)
+        log.info("cni server listening", socket=str(self.socket_path))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._sock.close()
+        for _ in range(self._workers):
+            self._queue.put(None)
+        for t in self._threads:
+            t.join(5)
+        self._threads.clear()
+        if self.reaper is not None:
+            self.reaper.stop()
+        if self.plugin is not None:
+            self.plugin.close()
+        try:
+            self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+        log.info("cni server stopped", socket=str(self.socket_path))
+
+    def __enter__(self) -> CniServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                if self._stop.is_set():
+                    return
+                continue
+            self._queue.put(conn)
+
+    def _worker(self) -> None:
+        while True:
+            conn = self._queue.get()
+            if conn is None:
+                return
+            try:
+                self._serve(conn)
+            except Exception as e:  # noqa: BLE001 - one bad client never stops the server
+                log.warning("cni request failed", error=repr(e))
+            finally:
+                conn.close()
+
+    def _same_netns(self, conn: socket.socket) -> bool:
+        pid, _uid, _gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino == self._netns_ino
+        except OSError:
+            return False
+
+    def _serve(self, conn: socket.socket) -> None:
+        if not self._same_netns(conn):
+            conn.sendall(bytes([FALLBACK, 0]))
+            return
+        env, stdin = read_request(conn)
+        t0 = time.perf_counter()
+        rc, out = skel.dispatch(env, stdin, self.plugin)
+        conn.sendall(bytes([ANSWERED, rc]) + out)
+        log.debug("cni request served", command=env.get("CNI_COMMAND"), container_id=env.get("CNI_CONTAINERID"),
+                  rc=rc, ms=round((time.perf_counter() - t0) * 1000, 3))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m pycni.cni.server", description="standalone pycni CNI agent")
+    p.add_argument("--socket", required=True, help="unix socket path (the config's agentSocket)")
+    p.add_argument("--etcd-endpoints", default="", help="datastore for every request (else from each config)")
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--log-level", default="info")
+    ns = p.parse_args(argv)
+    from pycni import log as pylog
+
+    pylog.configure(level=ns.log_level)
+    factory = None
+    if ns.etcd_endpoints:
+        from pycni.datastore.etcd import EtcdDatastore
+
+        ds = EtcdDatastore(ns.etcd_endpoints)
+
+        def factory() -> Any:
+            return ds
+
+    server = CniServer(ns.socket, datastore_factory=factory, workers=ns.workers)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    server.start()
+    done.wait()
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
