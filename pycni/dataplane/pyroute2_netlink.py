@@ -176,24 +176,19 @@ class Pyroute2Netlink:
         return [self._to_link(m, names) for m in msgs]
 
     def link(self, name: str) -> Link | None:
-        idx = self._index_or_none(name)
-        if idx is None:
-            return None
         try:
-            msgs = self._call(f"get link {name}", lambda: list(self._ipr.link("get", index=idx)))
+            msgs = self._call(f"get link {name}", lambda: list(self._ipr.link("get", ifname=name)))
         except NetlinkError as e:
             if e.errno == errno_mod.ENODEV:
                 return None
             raise
         if not msgs:
             return None
-        names = (
-            self._names()
-            if msgs[0].get("IFLA_MASTER")
-            or msgs[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_LINK")
-            else {}
+        m = msgs[0]
+        wants_names = m.get("IFLA_MASTER") or m.get_nested(
+            "IFLA_LINKINFO", "IFLA_INFO_DATA", "IFLA_VXLAN_LINK"
         )
-        return self._to_link(msgs[0], names)
+        return self._to_link(m, self._names() if wants_names else {})
 
     def link_add(self, link: Link) -> Link:
         spec: dict[str, Any] = {"ifname": link.name, "kind": link.kind}
