@@ -53,7 +53,6 @@ from pycni.datastore.flannel import (
 )
 from pycni.errors import Invalid, PycniError
 from pycni.flannel import subnet_env
-from pycni.flannel.device import VxlanDeviceDriver
 from pycni.flannel.lease import LeaseManager
 from pycni.testing.clock import Clock, SystemClock
 
@@ -114,10 +113,10 @@ class Flanneld:
         self.ctx: NodeContext | None = None
         self.leases: LeaseManager | None = None
         self.agent: Agent[FlannelSpec] | None = None
-        self.device: VxlanDeviceDriver | None = None
+        self.vtep_mac = ""
         self.stop = threading.Event()
         self.exit_code = 0
-        self._iptables: Any = None
+        self.iptables: Any = None  # the IptablesChains driver, for cleanup on a clean stop
 
     # -- startup ---------------------------------------------------------------------------
     def read_config(self) -> NetConfig:
@@ -195,7 +194,7 @@ class Flanneld:
         check_against_underlay(cfg, list(local_nets))
         mac = ""
         if cfg.backend.type == "vxlan":
-            mac = self._vtep_mac(cfg, public_ip)
+            mac = self.vtep_mac = self._vtep_mac(cfg, public_ip)
             attrs = LeaseAttrs(public_ip, "vxlan", vxlan_backend_data(cfg.backend.vni, mac))
         else:
             attrs = LeaseAttrs(public_ip, "host-gw")
@@ -218,20 +217,10 @@ class Flanneld:
         def calc(snap: Any) -> FlannelSpec:
             return flannel_spec(snap, ctx)
 
-        bindings: list[Binding[FlannelSpec]] = []
-        if cfg.backend.type == "vxlan":
-            self.device = VxlanDeviceDriver(self.nl, mac=mac, tx_csum_off=o.vxlan_tx_csum_off,
-                                            on_recreated=self._device_recreated)
-            bindings.append(Binding(self.device, self.device.set_desired))
         make = self._make_bindings or default_bindings
-        self._table_bindings = make(self)
-        bindings += self._table_bindings
+        bindings = make(self)
         self.agent = Agent(name="flanneld", calc=calc, bindings=bindings, clock=self.clock,
                            resync_interval=o.resync_interval)
-
-    def _device_recreated(self) -> None:
-        for b in self._table_bindings:
-            b.driver.queue_resync()
 
     def _lease_lost(self, why: str) -> None:
         log.critical("Lease has been revoked. Shutting down daemon.", reason=why)
@@ -301,10 +290,9 @@ class Flanneld:
 
     def shutdown_cleanup(self) -> None:
         """Clean stop: remove our iptables chains; keep routes, device and lease for the restart."""
-        cleanup = getattr(self._iptables, "remove_all", None) or getattr(self._iptables, "cleanup", None)
-        if callable(cleanup):
+        if self.iptables is not None:
             try:
-                cleanup()
+                self.iptables.cleanup()
                 log.info("ip-masq rules removed")
             except Exception as e:
                 log.warning("iptables cleanup failed", error=str(e))
@@ -315,26 +303,21 @@ class Flanneld:
 
 
 def default_bindings(d: Flanneld) -> list[Binding[FlannelSpec]]:
-    """NeighTable -> FdbTable -> RouteTable(proto=flanneld) -> IptablesChains, on the real drivers."""
-    from pycni.flannel.bindings import table_bindings
+    """LinkDriver -> NeighTable -> FdbTable -> RouteTable(proto=flanneld) -> IptablesChains."""
+    from pycni.flannel.bindings import bindings
 
-    return table_bindings(d)
+    return bindings(d)
 
 
 def _start_cni_server(path: str) -> Any:
     """Host the CNI fast path (pycni.cni.server) when asked; a missing server is logged, not fatal."""
     try:
-        from pycni.cni import server as cni_server  # type: ignore[attr-defined]
+        from pycni.cni.server import CniServer
     except ImportError as e:
         log.warning("cni server unavailable", error=str(e))
         return None
-    srv = cni_server.CniServer(path)
-    start = getattr(srv, "start", None) or getattr(srv, "serve_in_thread", None)
-    if callable(start):
-        start()
-    else:
-        threading.Thread(target=srv.serve_forever, name="cni-server", daemon=True).start()
-    log.info("cni server listening", socket=path)
+    srv = CniServer(path)
+    srv.start()
     return srv
 
 
@@ -363,15 +346,10 @@ def run(opts: Options, stop: threading.Event) -> int:
     finally:
         if d.exit_code == 0 and d.agent is not None:
             d.shutdown_cleanup()
-        for srv in (healthz, cni):
-            for meth in ("shutdown", "stop", "close"):
-                fn = getattr(srv, meth, None)
-                if callable(fn):
-                    try:
-                        fn()
-                    except Exception:
-                        pass
-                    break
+        if healthz is not None:
+            healthz.shutdown()
+        if cni is not None:
+            cni.stop()
         ds.close()
         nl.close()
     log.info("stopped", exit_code=d.exit_code)

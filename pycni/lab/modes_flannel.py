@@ -97,9 +97,11 @@ class FlannelMode:
         bindir = os.path.join(node.dir, "opt/cni/bin")
         os.makedirs(bindir, exist_ok=True)
         if self._plugin(lab) == "pycni":
-            from pycni.cni.install import install_plugin  # type: ignore[import-not-found]
+            from pathlib import Path
 
-            install_plugin(bindir)
+            from pycni.cni.install import install_plugin
+
+            install_plugin(Path(bindir))
         for p in ("bridge", "host-local", "loopback", "portmap"):
             dst = os.path.join(bindir, p)
             if os.path.exists(os.path.join(REFERENCE_CNI_DIR, p)) and not os.path.lexists(dst):
