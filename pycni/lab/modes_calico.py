@@ -34,6 +34,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -186,7 +187,7 @@ class CalicoMode:
 
         bindir = os.path.join(node.dir, "opt/cni/bin")
         os.makedirs(bindir, exist_ok=True)
-        install_plugin(bindir)
+        install_plugin(Path(bindir))
         # Real nodes have a default gateway, and Calico's proxy-ARP depends on it: the kernel
         # answers a pod's ARP for 169.254.1.1 only if it has a route to that address through
         # another interface. The lab's nodes only know 10.99.0.0/16, so give them one.
@@ -196,6 +197,13 @@ class CalicoMode:
             node.netns, [f"route replace default via {plan.router_ip(node.segment)} dev eth0 onlink"]
         )
         os.makedirs(os.path.join(node.dir, "run"), exist_ok=True)
+        self.start_felix(lab, node)
+        if self._uses_bgp(lab):
+            self._wait_node_registered(lab, node, 30.0)
+            self.start_bgpd(lab, node)
+
+    def start_felix(self, lab: Lab, node: LabNode) -> int:
+        """Spawn pycni-felix on a node (also used by tests to restart it)."""
         try:
             os.unlink(self._mtu_file(node))  # wait_ready waits for felix to write it again
         except FileNotFoundError:
@@ -223,17 +231,18 @@ class CalicoMode:
         ]
         if "resync" in lab.opts:
             argv += ["--resync-interval", str(lab.opts["resync"])]
-        lab.spawn(node, FELIX, argv, env=env)
-        if self._uses_bgp(lab):
-            self._wait_node_registered(lab, node, 30.0)
-            bargv = [
-                *_daemon_argv("pycni-bgpd", "pycni_daemons.bgpd"),
-                "--etcd-endpoints",
-                lab.etcd_endpoint,
-                "--nodename",
-                node.name,
-            ]
-            lab.spawn(node, BGPD, bargv, env={"NODENAME": node.name})
+        return lab.spawn(node, FELIX, argv, env=env)
+
+    def start_bgpd(self, lab: Lab, node: LabNode) -> int:
+        """Spawn pycni-bgpd on a node (after felix registered the Node)."""
+        bargv = [
+            *_daemon_argv("pycni-bgpd", "pycni_daemons.bgpd"),
+            "--etcd-endpoints",
+            lab.etcd_endpoint,
+            "--nodename",
+            node.name,
+        ]
+        return lab.spawn(node, BGPD, bargv, env={"NODENAME": node.name})
 
     def _wait_node_registered(self, lab: Lab, node: LabNode, timeout: float) -> None:
         """bgpd needs this Node's address: wait until felix's start-up has written it."""
