@@ -24,6 +24,7 @@ that handle). This is the order libcalico-go uses (`assignFromExistingBlock`, `r
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import time
@@ -105,13 +106,22 @@ def block_for(pool: IPPool, ip: IPAddress) -> IPNetwork:
     return ipaddress.ip_network(f"{ip}/{pool.block_size}", strict=False)
 
 
-def selects(pool: IPPool, node: str) -> bool:
-    """Whether the pool's nodeSelector admits `node` for automatic assignment.
+def selects(pool: IPPool, labels: Callable[[], Mapping[str, str]]) -> bool:
+    """Whether the pool's nodeSelector admits the node whose labels `labels()` returns.
 
-    Only `all()` (or empty) and `!all()` are understood without node labels; any other selector
-    is treated as matching (pycni does not evaluate label selectors yet; see docs/ipam.md).
+    `all()` / empty and `!all()` need no labels; anything else is evaluated on the node's labels
+    (its Calico Node resource) by the selector subset `pycni.calc.bgp.selector_matches` speaks:
+    `has(k)`, `!has(k)`, `k == 'v'`, `k != 'v'`, `k in {...}`, joined by `&&` / `||`. A selector
+    it cannot parse matches nothing (logged), the safe side for address assignment.
     """
-    return pool.node_selector.strip() != "!all()"
+    sel = pool.node_selector.strip()
+    if sel in ("", "all()"):
+        return True
+    if sel == "!all()":
+        return False
+    from pycni.calc.bgp import selector_matches  # lazy: the one selector evaluator in pycni
+
+    return selector_matches(sel, labels())
 
 
 def block_order(pool: IPPool, node: str) -> Iterator[IPNetwork]:
@@ -232,12 +242,22 @@ class BlockAllocator:
     def pools(self) -> list[IPPool]:
         return read_pools(self._ds)
 
+    def _node_labels(self) -> Mapping[str, str]:
+        """This node's labels from its Calico Node resource ({} when it has none yet)."""
+        try:
+            got = calico.get_resource(self._ds, calico.Node, self.node)
+        except Invalid as e:
+            log.warning("bad node resource, no labels for pool selectors", node=self.node, error=str(e))
+            return {}
+        return {} if got is None else dict(got[0].meta.labels)
+
     def _candidate_pools(self, requested: Sequence[str] | None, version: int, use: str) -> list[IPPool]:
         all_pools = [p for p in self.pools() if p.cidr.version == version and use in p.allowed_uses]
         if requested is None:
+            labels = functools.cache(self._node_labels)  # read the Node at most once per call
             return [
                 p for p in all_pools
-                if not p.disabled and p.assignment_mode == "Automatic" and selects(p, self.node)
+                if not p.disabled and p.assignment_mode == "Automatic" and selects(p, labels)
             ]
         chosen: list[IPPool] = []
         for want in requested:

@@ -423,3 +423,20 @@ def test_ipv6_pool(ds: MemoryDatastore) -> None:
     v4 = a.auto_assign("h", version=4)
     assert handle(ds, "h")["block"] == {str(v6[0].network): 2, str(v4[0].network): 1}  # type: ignore[index]
     assert sorted(map(str, a.release_by_handle("h"))) == sorted(str(i.ip) for i in v6 + v4)
+
+
+def test_pool_node_selector_uses_node_labels() -> None:
+    ds = MemoryDatastore()
+    add_pool(ds, "zone-a", "10.20.0.0/16", nodeSelector="zone == 'a'")
+    add_pool(ds, "rest", "10.30.0.0/16", nodeSelector="!has(zone) || zone != 'a'")
+    calico.create_resource(ds, calico.Node(meta=calico.new_meta("n1", labels={"zone": "a"})))
+    calico.create_resource(ds, calico.Node(meta=calico.new_meta("n2", labels={"zone": "b"})))
+    zone_a, rest = ipaddress.ip_network("10.20.0.0/16"), ipaddress.ip_network("10.30.0.0/16")
+    for _ in range(3):
+        assert alloc(ds, "n1").auto_assign("h")[0].ip in zone_a
+        assert alloc(ds, "n2").auto_assign("h")[0].ip in rest
+        assert alloc(ds, "n3").auto_assign("h")[0].ip in rest  # no Node resource: no labels
+    add_pool(ds, "odd", "10.40.0.0/16", nodeSelector="zone ~= 'a'")  # unparsable: matches nobody
+    add_pool(ds, "zone-a", "10.20.0.0/16", nodeSelector="zone == 'nowhere'")
+    with pytest.raises(NoFreeAddresses):  # no pool selects n1 any more (its old block is not used)
+        alloc(ds, "n1").auto_assign("h")
