@@ -112,6 +112,7 @@ class IptablesChains:
         self._observed: dict[str, dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
         self._owned: set[tuple[str, str]] = set()
         self._resync_needed = True
+        self.last_wrote: list[str] = []  # tables rewritten by the last apply
         self._log = log.bind(driver=name)
 
     # -- commands --------------------------------------------------------------------------
@@ -146,6 +147,7 @@ class IptablesChains:
         tables = sorted({t for t, _ in self._desired} | {t for t, _ in self._owned})
         changed = self._programmed != self._desired
         if not changed and not self._resync_needed:
+            self.last_wrote = []
             self._log.debug("iptables applied", chains=len(self._desired))
             return True
         ok = True
@@ -161,6 +163,7 @@ class IptablesChains:
             except IptablesError as e:
                 ok = False
                 self._log.warning("iptables apply failed", table=table, error=str(e))
+        self.last_wrote = wrote
         if ok:
             self._programmed = dict(self._desired)
             self._owned = set(self._desired)

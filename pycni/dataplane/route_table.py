@@ -25,6 +25,8 @@ from pycni.dataplane.netlink import IPNetwork, Netlink, Route
 from pycni.dataplane.tracked import TrackedDriver
 from pycni.testing.clock import Clock, SystemClock
 
+IPV6_DEFAULT_METRIC = 1024
+
 RouteKey = tuple[int, IPNetwork, int]
 
 
@@ -34,7 +36,17 @@ def normalise(route: Route, *, proto: int, table: int) -> Route:
     r = replace(route, proto=proto, table=table)
     if r.type != "unicast":
         r = replace(r, oif=None, gateway=None, onlink=False, src=None)
+    if r.dst.version == 6 and r.metric == IPV6_DEFAULT_METRIC:
+        r = replace(r, metric=0)  # the adapter reports the kernel's default as 0
     return r
+
+
+def equivalent(want: Route, have: Route) -> bool:
+    """Whether the kernel's `have` is what we asked for with `want`: a route given by gateway only
+    comes back with the device the kernel resolved, which is not a difference."""
+    if want.oif is None and want.type == "unicast":
+        have = replace(have, oif=None)
+    return want == have
 
 
 class RouteTable(TrackedDriver[RouteKey, Route]):
@@ -74,7 +86,11 @@ class RouteTable(TrackedDriver[RouteKey, Route]):
 
     # -- hooks -----------------------------------------------------------------------------
     def _dump(self) -> dict[RouteKey, Route]:
-        return {r.key: r for r in self.nl.routes(table=self.table, proto=self.proto)}
+        out: dict[RouteKey, Route] = {}
+        for r in self.nl.routes(table=self.table, proto=self.proto):
+            want = self.tracker.desired.get(r.key)
+            out[r.key] = want if want is not None and equivalent(want, r) else r
+        return out
 
     def _begin_apply(
         self, deletions: list[tuple[RouteKey, Route]], updates: list[tuple[RouteKey, Route]]

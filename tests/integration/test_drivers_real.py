@@ -65,8 +65,8 @@ def node() -> Iterator[Node]:
         pr_netns.remove(name)
 
 
-def via(dst: str, gw: str = "10.99.0.2", dev: str = "eth0", **kw: Any) -> Route:
-    return Route(dst=net(dst), gateway=ip(gw), oif=dev, **kw)
+def via(dst: str, gw: str = "10.99.0.2", dev: str = "eth0", src: str | None = None, **kw: Any) -> Route:
+    return Route(dst=net(dst), gateway=ip(gw), oif=dev, src=ip(src) if src else None, **kw)
 
 
 def test_route_table_reconciles_the_real_kernel(node: Node) -> None:
@@ -284,9 +284,11 @@ def test_iptables_chain_programmed_repaired_and_cleaned(node: Node) -> None:
     assert ":PYT-DP-OLD" not in save()
     assert len(rules("PYT-DP-FWD", "filter")) == 1 and len(rules("FORWARD", "filter")) == 1
 
+    assert ipt.last_wrote == ["filter", "nat"]
     # Nothing changed: no writes (a resync just reads).
     ipt.queue_resync()
     assert ipt.apply() is True
+    assert ipt.last_wrote == []
 
     # A rule deleted by hand and a duplicated jump come back right after a resync.
     subprocess.run(
@@ -302,6 +304,7 @@ def test_iptables_chain_programmed_repaired_and_cleaned(node: Node) -> None:
     assert len(rules("PYT-DP-POSTRTG")) == 1
     ipt.queue_resync()
     assert ipt.apply() is True
+    assert ipt.last_wrote == ["nat"]
     assert len(rules("PYT-DP-POSTRTG")) == 2
     assert len([r for r in rules("POSTROUTING") if "PYT-DP-POSTRTG" in r]) == 1
 
@@ -323,3 +326,22 @@ def test_iptables_chain_programmed_repaired_and_cleaned(node: Node) -> None:
     ipt.cleanup()
     assert "PYT-DP" not in save() and "PYT-DP" not in save("filter")
     assert rules("POSTROUTING") == ["-A POSTROUTING -o eth9 -j RETURN"]
+
+
+def test_resync_of_an_unchanged_kernel_writes_nothing(node: Node) -> None:
+    rt = RouteTable(node.nl, proto=P)
+    rt.set_desired(
+        [
+            Route(dst=net("10.244.3.0/24"), gateway=ip("10.99.0.3")),  # device resolved by the kernel
+            via("10.244.4.0/24", src="10.99.0.1", metric=10, mtu=1400),
+            via("10.244.5.0/24", gw="10.244.5.0", onlink=True),
+            Route(dst=net("10.244.6.5/32"), oif="eth0", scope=SCOPE_LINK),
+            Route(dst=net("fd00:1::/64"), type="blackhole"),
+            Route(dst=net("fd00:2::/64"), oif="eth0", metric=1024),
+        ]
+    )
+    assert rt.apply() is True
+    assert rt.last_stats["written"] == 6
+    rt.queue_resync()
+    assert rt.apply() is True
+    assert rt.last_stats == {"deleted": 0, "written": 0, "waiting": 0, "failed": 0}

@@ -194,6 +194,20 @@ def test_desired_route_takes_over_the_key_from_another_protocol(nl: FakeNetlink)
     assert [r for r in nl.routes() if r.dst == net("10.244.1.0/24")] == [r_via("10.244.1.0/24")]
 
 
+def test_gateway_only_route_is_not_rewritten_on_resync(nl: FakeNetlink) -> None:
+    rt = RouteTable(nl, proto=P)
+    bare = Route(dst=net("10.244.3.0/24"), gateway=ip("10.99.0.3"))
+    v6 = Route(dst=net("fd00:1::/64"), type="blackhole", metric=1024)
+    rt.set_desired([bare, v6])
+    assert rt.apply() is True
+    assert {r.oif for r in ours(nl) if r.type == "unicast"} == {"eth0"}  # resolved by the kernel
+    writes = nl.writes()
+    rt.queue_resync()
+    with capture_logs() as logs:
+        assert rt.apply() is True
+    assert nl.writes() == writes and not [e for e in logs if e["log_level"] == "info"]
+
+
 def test_other_table(nl: FakeNetlink) -> None:
     rt = RouteTable(nl, proto=P, table=100)
     rt.set_desired([r_via("10.244.1.0/24")])
