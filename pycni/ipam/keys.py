@@ -6,7 +6,7 @@ so `calicoctl ipam show` reads what we write and we read what Calico writes:
     /calico/ipam/v2/assignment/ipv4/block/10.244.0.0-26      AllocationBlock (see `block.py`)
     /calico/ipam/v2/host/<node>/ipv4/block/10.244.0.0-26     {"state": "confirmed", "deleted": false}
     /calico/ipam/v2/handle/<handleID>                        {"block": {"10.244.0.0/26": 1}, "deleted": false}
-    /calico/ipam/v2/config            {"strict_affinity": false, "auto_allocate_blocks": true}
+    /calico/ipam/v2/config            {"strict_affinity": true, "auto_allocate_blocks": true}  (omitempty)
 
 Handles: Calico's `IPAMHandle` marks `HandleID` as `json:"-"`, so the id lives only in the key; we
 write exactly Calico's two fields and ignore any others on read.
@@ -176,10 +176,12 @@ class IPAMConfig:
     max_blocks_per_host: int = 0
 
     def to_json(self) -> str:
-        obj: dict[str, Any] = {
-            "strict_affinity": self.strict_affinity,
-            "auto_allocate_blocks": self.auto_allocate_blocks,
-        }
+        """Every field is `omitempty` in libcalico-go's model, so false and 0 are left out."""
+        obj: dict[str, Any] = {}
+        if self.strict_affinity:
+            obj["strict_affinity"] = True
+        if self.auto_allocate_blocks:
+            obj["auto_allocate_blocks"] = True
         if self.max_blocks_per_host:
             obj["maxBlocksPerHost"] = self.max_blocks_per_host
         return json.dumps(obj, separators=(",", ":"))

@@ -153,6 +153,9 @@ def test_small_records() -> None:
     cfg = keys.IPAMConfig.from_json('{"strict_affinity": true}')
     assert cfg.strict_affinity and not cfg.auto_allocate_blocks  # Go zero value when the key exists
     assert keys.IPAMConfig() == keys.IPAMConfig(False, True, 0)
+    assert keys.IPAMConfig().to_json() == '{"auto_allocate_blocks":true}'  # Go's omitempty
+    for c in (keys.IPAMConfig(True, False, 0), keys.IPAMConfig(True, True, 5), keys.IPAMConfig()):
+        assert keys.IPAMConfig.from_json(c.to_json()) == c
 
 
 def _check_invariants(b: AllocationBlock) -> None:
