@@ -14,11 +14,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from contract.netlink_contract import NetlinkContract
 from pyroute2 import netns as pr_netns
 
 from pycni.dataplane.netlink import Link, NetlinkError
 from pycni.dataplane.pyroute2_netlink import Pyroute2Netlink
-from tests.contract.netlink_contract import NetlinkContract
 
 pytestmark = pytest.mark.privileged
 

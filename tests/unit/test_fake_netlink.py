@@ -7,10 +7,10 @@ import ipaddress
 from collections.abc import Iterator
 
 import pytest
+from contract.netlink_contract import NetlinkContract
 
 from pycni.dataplane.netlink import Link, NetlinkError, Route
 from pycni.testing.fake_netlink import FakeNetlink, FakeWorld
-from tests.contract.netlink_contract import NetlinkContract
 
 
 @pytest.fixture
