@@ -34,7 +34,9 @@ from pycni.lab.lab import LabNode  # noqa: E402
 LAB = "pyb-fl"
 
 
-def ns_run(ns: str, argv: list[str], check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def ns_run(
+    ns: str, argv: list[str], check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, check=check,
                           timeout=timeout)
 
@@ -104,8 +106,8 @@ def build_reference(lab: Lab, backend: str, nodes: list[LabNode], mtu: int) -> d
             else:
                 cmds += [f"neigh add 10.245.{o.index}.0 lladdr {macs[o.name]} dev vxref nud permanent",
                          f"route add 10.245.{o.index}.0/24 via 10.245.{o.index}.0 dev vxref onlink"]
-                subprocess.run(["ip", "netns", "exec", n.netns, "bridge", "fdb", "append", macs[o.name], "dev",
-                                "vxref", "dst", o.ip], check=True)
+                subprocess.run(["ip", "netns", "exec", n.netns, "bridge", "fdb", "append", macs[o.name],
+                                "dev", "vxref", "dst", o.ip], check=True)
         lab.ip_batch(n.netns, cmds)
     return out
 
@@ -132,7 +134,7 @@ def bench_backend(backend: str, seconds: float, repeat: int) -> dict[str, Any]:
             "pycni": (f"{LAB}-n2-p", f"{LAB}-n1-p", str(pods["n2"].ip)),
             "reference": (ref["n2"][0], ref["n1"][0], ref["n2"][1]),
         }
-        for name, (_, cli, ip) in paths.items():  # warm up ARP and check every path works
+        for _, cli, ip in paths.values():  # warm up ARP and check every path works
             ns_run(cli, ["ping", "-c", "2", "-i", "0.1", "-W", "1", ip], check=False)
             ns_run(cli, ["ping", "-c", "1", "-W", "2", ip])
         res: dict[str, dict[str, float]] = {k: {"gbps": 0.0, "rtt_ms": 1e9} for k in paths}
@@ -182,8 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{vs_ref:.2f}" if name != "underlay" else "", f"{vs_ul:.2f}",
                       f"{lat:.2f}" if name == "pycni" else "")
         if "tx_csum" in r:
-            t.add_row(r["backend"], "tx-checksumming", ", ".join(f"{k}: {v}" for k, v in r["tx_csum"].items()),
-                      "", "", "", "")
+            csum = ", ".join(f"{k}: {v}" for k, v in r["tx_csum"].items())
+            t.add_row(r["backend"], "tx-checksumming", csum, "", "", "", "")
     Console(width=140).print(t)
     print("goal ours/reference >= 0.95:", "met" if ok else "NOT met",
           f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs: other work skews both paths)")
