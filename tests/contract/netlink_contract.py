@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import os
 from typing import Any
 
 import pytest
@@ -80,6 +81,9 @@ class NetlinkContract:
         assert peer is not None and peer.kind == "veth"
         nl.link_delete("pyt-dp-h")
         assert nl2.link("pyt-dp-p") is None
+        # The peer namespace may also be given by its name under /run/netns.
+        nl.link_add(Link(name="pyt-dp-h2", kind="veth", peer="pyt-dp-p2", peer_netns=os.path.basename(ns2)))
+        assert nl2.link("pyt-dp-p2") is not None and nl.link("pyt-dp-p2") is None
 
     def test_veth_peer_in_missing_namespace_is_enoent(self, nl: Netlink) -> None:
         err = errno_of(
