@@ -241,7 +241,13 @@ class CalicoMode:
             lab.etcd_endpoint,
             "--nodename",
             node.name,
+            "--run-dir",
+            os.path.join(node.dir, "run/bgp"),
+            "--iface",
+            "eth0",
         ]
+        if "resync" in lab.opts:
+            bargv += ["--resync-interval", str(lab.opts["resync"])]
         return lab.spawn(node, BGPD, bargv, env={"NODENAME": node.name})
 
     def _wait_node_registered(self, lab: Lab, node: LabNode, timeout: float) -> None:
@@ -293,8 +299,26 @@ class CalicoMode:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{node.name}: pycni-felix not ready after {timeout}s")
             time.sleep(0.05)
-        if self._uses_bgp(lab) and lab.pid(node, BGPD) is None:
-            raise Invalid(f"{node.name}: pycni-bgpd is not running; see {node.dir}/log/{BGPD}.log")
+        if self._uses_bgp(lab):
+            self._wait_bgp(lab, node, deadline)
+
+    def _wait_bgp(self, lab: Lab, node: LabNode, deadline: float) -> None:
+        """Ready when bgpd says so and every one of its BGP sessions is established."""
+        from pycni.bgp.status import query
+
+        sock = os.path.join(node.dir, "run/bgp/status.sock")
+        doc: dict[str, Any] | None = None
+        while True:
+            if lab.pid(node, BGPD) is None:
+                raise Invalid(f"{node.name}: pycni-bgpd is not running; see {node.dir}/log/{BGPD}.log")
+            doc = query(sock) if os.path.exists(sock) else None
+            alone = len(lab.nodes) < 2
+            if doc and doc.get("ready") and (alone or doc.get("peers")):
+                if all(p.get("state") == "up" for p in doc.get("peers", [])):
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{node.name}: BGP sessions not established: {json.dumps(doc)}")
+            time.sleep(0.2)
 
 
 def decommission(lab: Lab, nodename: str) -> None:
