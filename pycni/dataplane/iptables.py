@@ -113,6 +113,7 @@ class IptablesChains:
         self._owned: set[tuple[str, str]] = set()
         self._resync_needed = True
         self.last_wrote: list[str] = []  # tables rewritten by the last apply
+        self._last_error: dict[str, str] = {}  # warn once per table and message, then DEBUG
         self._log = log.bind(driver=name)
 
     # -- commands --------------------------------------------------------------------------
@@ -160,9 +161,12 @@ class IptablesChains:
                     self.restore(text)
                     wrote.append(table)
                 self._observe(table, _Table.parse(self.save(table)) if text is not None else current)
+                self._last_error.pop(table, None)
             except IptablesError as e:
                 ok = False
-                self._log.warning("iptables apply failed", table=table, error=str(e))
+                level = self._log.debug if self._last_error.get(table) == str(e) else self._log.warning
+                self._last_error[table] = str(e)
+                level("iptables apply failed", table=table, error=str(e))
         self.last_wrote = wrote
         if ok:
             self._programmed = dict(self._desired)

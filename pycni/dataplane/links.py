@@ -182,6 +182,7 @@ class LinkDriver:
         self.on_recreate = on_recreate
         self._desired: dict[str, Device] = {}
         self._owned: set[str] = set()  # names we have programmed in this process
+        self._last_errno: dict[str, int] = {}  # warn once per device and errno, then DEBUG
         self._log = log.bind(driver=name)
 
     def set_desired(self, devices: Iterable[Device]) -> None:

@@ -493,3 +493,39 @@ def test_iptables_render_and_drift() -> None:
     assert _Table.parse(r.saved).chains["FLANNEL-POSTRTG"] == []
     r.queue_resync()
     assert r.apply() is True and len(r.restored) == 2  # drift: rewritten
+
+
+def test_iptables_failure_is_retried_and_cleanup_removes_jumps() -> None:
+    from pycni.dataplane.iptables import Chain, IptablesChains, IptablesError
+
+    class Flaky(IptablesChains):
+        def __init__(self) -> None:
+            super().__init__()
+            self.saved = SAVE
+            self.restored: list[str] = []
+            self.fail = 1
+
+        def save(self, table: str) -> str:
+            return self.saved
+
+        def restore(self, text: str) -> None:
+            if self.fail:
+                self.fail -= 1
+                raise IptablesError(
+                    "iptables-restore failed (4): Another app is currently holding the xtables lock"
+                )
+            self.restored.append(text)
+
+    f = Flaky()
+    assert f._cmd("restore") == ["iptables-restore"]
+    f.set_desired([Chain("nat", "FLANNEL-POSTRTG", ("-j RETURN",), "POSTROUTING", "-j FLANNEL-POSTRTG")])
+    with capture_logs() as logs:
+        assert f.apply() is False
+    assert [e for e in logs if e["log_level"] == "warning"]
+    assert f.apply() is True and len(f.restored) == 1
+    f.cleanup()
+    assert f.restored[-1].splitlines()[1:4] == [
+        '-D POSTROUTING -m comment --comment "flanneld masq" -j FLANNEL-POSTRTG',
+        "-F FLANNEL-POSTRTG",
+        "-X FLANNEL-POSTRTG",
+    ]
