@@ -24,6 +24,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
+from typing import IO, cast
 
 from rich import box
 from rich.console import Console
@@ -64,10 +65,25 @@ def _err(msg: str) -> None:
     Console(file=sys.stderr, width=200, highlight=False).print(f"[red]error:[/red] {msg}")
 
 
+class _Stderr:
+    """Whatever `sys.stderr` is at write time (a logger configured once must not pin a stream)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def _run(fn: Callable[[argparse.Namespace, Datastore], int]) -> Callable[[argparse.Namespace], int]:
     """Open the datastore, run, close; turn our errors into one line and exit code 2."""
 
     def wrapped(args: argparse.Namespace) -> int:
+        from pycni.log import configure
+
+        # stdout is for tables; the library's log lines go to stderr, and only with -v below WARNING.
+        configure(level="info" if getattr(args, "verbose", False) else "warning", json=False,
+                  stream=cast(IO[str], _Stderr()))
         try:
             ds = open_datastore(args)
         except PycniError as e:
@@ -250,6 +266,7 @@ def _common() -> argparse.ArgumentParser:
     common.add_argument("--etcd-endpoints", default=None,
                         help="etcd client URLs, comma separated (default: $ETCD_ENDPOINTS or "
                              f"{DEFAULT_ENDPOINTS})")
+    common.add_argument("-v", "--verbose", action="store_true", help="log datastore changes to stderr")
     return common
 
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import structlog
 from pycni_daemons.ctl import main
 
 from pycni.cli import ipam as cli
@@ -14,6 +15,15 @@ from pycni.datastore import calico
 from pycni.datastore.memory import MemoryDatastore
 from pycni.ipam import keys
 from pycni.ipam.allocator import BlockAllocator
+
+
+@pytest.fixture(autouse=True)
+def restore_logging() -> Iterator[None]:
+    saved = structlog.get_config()  # the commands configure logging, as entry points do
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
 
 
 @pytest.fixture
