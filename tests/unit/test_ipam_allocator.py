@@ -440,3 +440,16 @@ def test_pool_node_selector_uses_node_labels() -> None:
     add_pool(ds, "zone-a", "10.20.0.0/16", nodeSelector="zone == 'nowhere'")
     with pytest.raises(NoFreeAddresses):  # no pool selects n1 any more (its old block is not used)
         alloc(ds, "n1").auto_assign("h")
+
+
+def test_crash_mid_claim_heals_on_next_assignment(ds: MemoryDatastore) -> None:
+    # A claimer died after creating the block but before confirming its affinity.
+    pool = calico.get_resource(ds, calico.IPPool, "default-ipv4-ippool")
+    assert pool is not None
+    cidr = next(block_order(pool[0], "n1"))
+    ds.create(keys.affinity_key("n1", cidr), keys.BlockAffinity("pending").to_json())
+    ds.create(keys.block_key(cidr), AllocationBlock.new(cidr, affinity="host:n1", claim_time="x").to_json())
+    a = alloc(ds, "n1")
+    assert a.blocks_for_node() == []  # pending counts as absent
+    assert a.auto_assign("h")[0].network == cidr  # the half-claimed block is found and finished
+    assert a.blocks_for_node() == [cidr]
