@@ -25,7 +25,7 @@ def chain_name(network: str, cid: str, ifname: str) -> str:
 
 
 def _comment(network: str, cid: str) -> str:
-    return f'name: "{network}" id: "{cid}"'
+    return f"pycni name: {network} id: {cid}"
 
 
 def setup(network: str, cid: str, ifname: str, ip: ipaddress.IPv4Address,

@@ -353,7 +353,7 @@ class CniPlugin:
         host_name = self._host_name(nc, a)
         nsfd = _open_netns(a.netns)
         try:
-            with ExitStack() as undo, self._host() as host:
+            with self._host() as host, ExitStack() as undo:  # undo runs while host is open
                 pod = veth.pod_socket(nsfd)
                 undo.callback(pod.close)
                 if self.reaper is not None:
