@@ -14,8 +14,8 @@ Why these settings:
 - `adj-rib-out true`: exabgp keeps what the API announced and replays it when a session
   re-establishes, so a flapping session needs no help from bgpd.
 - `capability { graceful-restart N; }`: peers keep our routes for N seconds while we restart.
-- `passive` for mesh peers with a lower address, as confd renders BIRD's mesh (the node with the
-  higher address waits): one connection per pair, no collision to resolve.
+- `passive` only when a peer asks for it: between pycni nodes both sides dial (see
+  `pycni.calc.bgp`), exabgp listens on the node address and resolves the collision.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ every other node with a BGP address is a peer; when some nodes carry a route-ref
 ID, clients peer only with the reflectors and reflectors peer with everyone. BGPPeer resources add
 global peers (no `node`/`nodeSelector`) and node-specific ones, by `peerIP` or by `peerSelector`
 (then the selected nodes' addresses and ASes). One session per address: mesh first, then node
-specific, then global. Between two of our nodes the one with the higher address is passive, as
-confd renders the mesh, so exactly one side dials.
+specific, then global. confd makes the node with the higher address passive; we let both sides
+dial (exabgp listens too and resolves the collision), because exabgp's reconnect back-off grows to
+60 s: a restarted node must not wait for its passive peer's next attempt.
 
 Announcements: our confirmed affine blocks (minus pools that are disabled or `disableBGPExport`)
 go to every peer with next hop self. exabgp does not reflect, so a reflector does it here: a
@@ -283,7 +284,7 @@ def peers_for(snap: Snapshot, me: Node, nodes: Mapping[str, Node], cfg: BGPConfi
             return None
         return BgpPeer(
             address=ip, peer_as=n.as_number or default_as, kind=kind, local_as=local_as,
-            password=password, passive=int(my_ip) > int(ip), node=n.name,
+            password=password, passive=False, node=n.name,
             rr_client=bool(cluster) and n.rr_cluster_id != cluster,
         )
 

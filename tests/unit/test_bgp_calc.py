@@ -115,13 +115,13 @@ def test_not_ready_without_own_node() -> None:
     assert spec.ready is False and spec.peers == ()
 
 
-def test_full_mesh_peers_everyone_else_and_higher_address_is_passive() -> None:
+def test_full_mesh_peers_everyone_else_and_both_sides_dial() -> None:
     spec = calc(three().s, CTX)
     assert addrs(spec) == ["10.99.0.12", "10.99.0.13"]
     assert all(p.kind == KIND_MESH and p.peer_as == 64512 for p in spec.peers)
-    assert not any(p.passive for p in spec.peers)  # we are the lowest: we dial
-    spec3 = calc(three().s, BgpContext(nodename="n3"))
-    assert all(p.passive for p in spec3.peers)
+    # both sides dial: a restarted node never waits for its peer's reconnect back-off
+    assert not any(p.passive for p in spec.peers)
+    assert not any(p.passive for p in calc(three().s, BgpContext(nodename="n3")).peers)
     assert spec.peers[0].name == "Mesh_10_99_0_12"
 
 
