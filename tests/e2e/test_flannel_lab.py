@@ -169,6 +169,11 @@ def test_vxlan(lab: Lab) -> None:
     for n in ("n1", "n2"):
         wait_for(lambda n=n: subnets["n3"] not in flannel_routes(lab, n), 5, f"{n} drops n3")  # type: ignore[misc]
     assert lab.etcd_get(subnet_key(_net(subnets["n1"]))) is not None  # renewed, still alive
+    # a revoked lease stops the daemon loudly
+    lab.etcdctl("del", subnet_key(_net(subnets["n2"])))
+    wait_for(lambda: lab.pid("n2", "flanneld") is None, 5, "n2's flanneld to stop")
+    with open(f"{nodes['n2'].dir}/log/flanneld.log") as f:
+        assert "Lease has been revoked" in f.read()
 
 
 def test_vxlan_direct_routing_two_segments(lab: Lab) -> None:

@@ -97,3 +97,18 @@ def test_reservation_and_foreign_lease(etcd: EtcdServer, ds: EtcdDatastore) -> N
                  '"BackendData":{"VNI":1,"VtepMAC":"0e:00:00:00:00:04"}}')
     mine = LeaseManager(ds, CFG, attrs(5), prev_subnet=ipaddress.IPv4Network("10.244.34.0/24")).acquire()
     assert mine.subnet != ipaddress.IPv4Network("10.244.34.0/24")
+
+
+def test_daemon_refuses_bad_config_naming_the_field(etcd: EtcdServer, ds: EtcdDatastore) -> None:
+    import subprocess
+    import sys
+
+    ds.put("/coreos.com/network/config", '{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}')
+    cp = subprocess.run([sys.executable, "-m", "pycni_daemons.flanneld", "--etcd-endpoints", etcd.endpoint],
+                        capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 1
+    assert "Backend.Type" in cp.stderr and "Traceback" not in cp.stderr
+    ds.put("/coreos.com/network/config", '{"Network":"10.244.0.0/16","SubnetLen":33}')
+    cp = subprocess.run([sys.executable, "-m", "pycni_daemons.flanneld"], capture_output=True, text=True,
+                        timeout=60, env={"FLANNELD_ETCD_ENDPOINTS": etcd.endpoint, "PATH": "/usr/bin:/bin"})
+    assert cp.returncode == 1 and "SubnetLen" in cp.stderr and "Traceback" not in cp.stderr
