@@ -19,7 +19,9 @@ COMMAND_MODULES = [
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pycnictl", description="pycni control: lab, node, ipam, pools, leases")
+    parser = argparse.ArgumentParser(
+        prog="pycnictl", description="pycni control: lab, node, ipam, pools, leases"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)

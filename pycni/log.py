@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import IO, Any
+from typing import Any, TextIO
 
 import structlog
 
 
-def configure(*, level: str = "info", stream: IO[str] | None = None, json: bool = True) -> None:
+def configure(*, level: str = "info", stream: TextIO | None = None, json: bool = True) -> None:
     """Set up structlog for one process: ISO timestamps, level, JSON (or console) rendering."""
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
