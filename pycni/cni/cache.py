@@ -4,8 +4,8 @@ One JSON file per attachment, `<cacheDir>/<network>-<containerID>-<ifname>`, nam
 names its own cache (`/var/lib/cni/results/<net>-<id>-<if>`) but in our own directory
 (default `/var/lib/cni/pycni`), so the runtime's cache and ours never collide. Besides the result
 it keeps what DEL needs when the runtime sends no prevResult and the netns is already gone: the
-host veth's name, the mode, the IPAM handle and the endpoint key. Written atomically
-(temp file + rename); a torn or unreadable file reads as absent (DEL then works from names alone).
+host veth's name, the mode, the IPAM handle and the endpoint key. A torn or
+unreadable file reads as absent (DEL then works from names alone).
 """
 
 from __future__ import annotations
@@ -27,16 +27,19 @@ class ResultCache:
         return self.dir / f"{network}-{cid}-{ifname}"
 
     def put(self, network: str, cid: str, ifname: str, entry: dict[str, Any]) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        p = self.path(network, cid, ifname)
-        tmp = p.with_name(f".{p.name}.tmp")
         data = {"kind": KIND, "networkName": network, "containerId": cid, "ifName": ifname, **entry}
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        # Truncate-and-write like libcni's cache (one attachment is never written concurrently: the
+        # runtime serialises operations per container); a torn file reads as absent.
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        try:
+            fd = os.open(self.path(network, cid, ifname), flags, 0o600)
+        except FileNotFoundError:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(self.path(network, cid, ifname), flags, 0o600)
         try:
             os.write(fd, json.dumps(data).encode())
         finally:
             os.close(fd)
-        os.replace(tmp, p)
 
     def get(self, network: str, cid: str, ifname: str) -> dict[str, Any] | None:
         try:

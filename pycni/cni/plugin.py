@@ -358,17 +358,13 @@ class CniPlugin:
                 undo.callback(pod.close)
                 if self.reaper is not None:
                     self.reaper.wait(host_name)  # a DEL of this pod may still be destroying its pair
-                if pod.link_get(a.ifname) is not None and not (
-                    self.reaper is not None and self.reaper.flush() and pod.link_get(a.ifname) is None
-                ):
-                    raise CniError(spec.ERR_INTERNAL, f"interface {a.ifname} already exists in the container",
-                                   f"netns {a.netns}")
+                flush = self.reaper.flush if self.reaper is not None else None
                 ds = self._datastore(nc) if nc.mode == "calico" else None
                 ipam = self._ipam(nc, fenv)
                 assigned = ipam.assign(owner)
                 undo.callback(self._quiet, "release addresses", ipam.release, owner)
-                log.info("addresses assigned", container_id=a.container_id,
-                         ips=[str(x.address) for x in assigned])
+                log.debug("addresses assigned", container_id=a.container_id,
+                          ips=[str(x.address) for x in assigned])
                 fault(a, "after_ipam")
 
                 if nc.mode == "calico":
@@ -378,7 +374,7 @@ class CniPlugin:
                     assigned = [type(x)(h, None) for x, h in zip(assigned, host32, strict=True)]
                     wired = veth.calico_add(
                         host, pod, nsfd, a, host_name=host_name, mtu=nc.mtu or DEFAULT_MTU,
-                        addresses=host32, undo=undo,
+                        addresses=host32, undo=undo, flush=flush,
                     )
                 else:
                     assert fenv is not None
@@ -387,6 +383,7 @@ class CniPlugin:
                         host, pod, nsfd, a, host_name=host_name, bridge=nc.bridge, env=fenv,
                         mtu=nc.mtu or fenv.mtu, addresses=assigned, hairpin=nc.hairpin,
                         default_gateway=nc.default_gateway, ip_masq=masq, network=nc.name, undo=undo,
+                        flush=flush,
                     )
 
                 wep_key = None
@@ -402,7 +399,7 @@ class CniPlugin:
                         )
                         self._ds_call(ds.put, wep_key, value)
                         undo.callback(self._quiet, "delete endpoint", ds.delete, wep_key)
-                        log.info("endpoint recorded", key=wep_key)
+                        log.debug("endpoint recorded", key=wep_key)
                 fault(a, "after_record")
 
                 result = wired.result
@@ -412,7 +409,8 @@ class CniPlugin:
                     "config": {"ipam": nc.ipam, "cacheDir": nc.cache_dir},
                 })
                 undo.pop_all()
-                log.info("pod added", container_id=a.container_id, dev=host_name, netns=a.netns)
+                log.info("pod added", container_id=a.container_id, dev=host_name, netns=a.netns,
+                         ips=[str(x.address) for x in assigned], endpoint=wep_key)
                 return result
         except NetlinkError as e:
             raise CniError(spec.ERR_INTERNAL, f"netlink: {e}") from None

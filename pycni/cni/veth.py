@@ -87,33 +87,40 @@ def _quiet(fn: Callable[..., Any], *args: Any) -> None:
         log.warning("undo step failed", step=getattr(fn, "__name__", "?"), error=str(e))
 
 
-def _create_veth(host: Rtnl, host_name: str, host_mac: str, a: CmdArgs, pod_mac: str, nsfd: int,
-                 mtu: int, master: int = 0) -> None:
-    try:
-        host.veth_add(host_name, host_mac, a.ifname, pod_mac, nsfd, mtu, master)
-    except NetlinkError as e:
-        if e.errno != EEXIST:
-            raise
-        # A stale host end of a previous sandbox of this pod (Calico deletes it the same way). The
-        # pod side was checked to be free before, so EEXIST can only be the host name.
-        log.info("stale host veth replaced", dev=host_name)
-        host.link_del(host_name)
-        host.veth_add(host_name, host_mac, a.ifname, pod_mac, nsfd, mtu, master)
-    log.info("veth created", dev=host_name, peer=a.ifname, netns=a.netns)
+def _create_veth(host: Rtnl, pod: Rtnl, host_name: str, host_mac: str, a: CmdArgs, pod_mac: str, nsfd: int,
+                 mtu: int, master: int = 0, flush: Callable[[], bool] | None = None) -> None:
+    """Create the pair. EEXIST means one of the two names is taken: the pod's interface (the spec's
+    "ADD MUST fail if the interface exists") or a stale host end of an earlier sandbox of this pod
+    (deleted and replaced, as Calico does). Telling them apart costs a GET only on this path."""
+    for attempt in range(3):
+        try:
+            host.veth_add(host_name, host_mac, a.ifname, pod_mac, nsfd, mtu, master)
+            break
+        except NetlinkError as e:
+            if e.errno != EEXIST or attempt == 2:
+                raise
+            if pod.link_get(a.ifname) is not None:
+                if flush is not None and flush():  # a pair destroyed after DEL may still be going
+                    continue
+                raise CniError(spec.ERR_INTERNAL, f"interface {a.ifname} already exists in the container",
+                               f"netns {a.netns}") from None
+            log.info("stale host veth replaced", dev=host_name)
+            host.link_del(host_name)
+    log.debug("veth created", dev=host_name, peer=a.ifname, netns=a.netns)
 
 
 def _pod_link(pod: Rtnl, ifname: str) -> LinkInfo:
-    pod.link_up(ifname)
-    link = pod.link_get(ifname)
+    link = pod.link_up(ifname) or pod.link_get(ifname)
     if link is None:  # pragma: no cover - we just created it
         raise CniError(spec.ERR_INTERNAL, f"{ifname} vanished from the pod namespace")
     return link
 
 
 def calico_add(host: Rtnl, pod: Rtnl, nsfd: int, a: CmdArgs, *, host_name: str, mtu: int,
-               addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface], undo: ExitStack) -> Wired:
+               addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface], undo: ExitStack,
+               flush: Callable[[], bool] | None = None) -> Wired:
     pod_mac = random_mac()
-    _create_veth(host, host_name, CALI_HOST_MAC, a, pod_mac, nsfd, mtu)
+    _create_veth(host, pod, host_name, CALI_HOST_MAC, a, pod_mac, nsfd, mtu, flush=flush)
     undo.callback(_quiet, host.link_del, host_name)
     fault(a, "after_veth")
 
@@ -148,7 +155,7 @@ def calico_add(host: Rtnl, pod: Rtnl, nsfd: int, a: CmdArgs, *, host_name: str, 
             # felix (or a stale endpoint) was first: point it at this pod's interface.
             host.route_add(dst, oif=hlink.index, scope=RT_SCOPE_LINK, proto=RTPROT_FELIX, replace=True)
         undo.callback(_quiet, host.route_del, dst)
-    log.info("host route set", dev=host_name, ips=[str(x.ip) for x in addresses])
+    log.debug("host route set", dev=host_name, ips=[str(x.ip) for x in addresses])
     fault(a, "after_host")
 
     result = {
@@ -184,11 +191,11 @@ def ensure_bridge(host: Rtnl, name: str, mtu: int, gateway: ipaddress.IPv4Interf
 
 def flannel_add(host: Rtnl, pod: Rtnl, nsfd: int, a: CmdArgs, *, host_name: str, bridge: str, env: Any,
                 mtu: int, addresses: list[Any], hairpin: bool, default_gateway: bool, ip_masq: bool,
-                network: str, undo: ExitStack) -> Wired:
+                network: str, undo: ExitStack, flush: Callable[[], bool] | None = None) -> Wired:
     gw_iface: ipaddress.IPv4Interface = env.subnet
     br = ensure_bridge(host, bridge, mtu, gw_iface)
     host_mac, pod_mac = random_mac(), random_mac()
-    _create_veth(host, host_name, host_mac, a, pod_mac, nsfd, mtu, master=br.index)
+    _create_veth(host, pod, host_name, host_mac, a, pod_mac, nsfd, mtu, master=br.index, flush=flush)
     undo.callback(_quiet, host.link_del, host_name)
     if hairpin:
         host.set_hairpin(host_name)

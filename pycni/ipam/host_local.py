@@ -16,7 +16,6 @@ are skipped; /31 and /32 are rejected as too small, as the reference does. Relea
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import ipaddress
 import os
@@ -105,11 +104,15 @@ class HostLocalStore:
         if not network or "/" in network or network in (".", ".."):
             raise Invalid(f"invalid network name {network!r}", field="name")
         self.dir = Path(data_dir) / network
+        self._d = str(self.dir)
 
     @contextmanager
     def locked(self) -> Iterator[None]:
-        self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
-        fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(f"{self._d}/lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except FileNotFoundError:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+            fd = os.open(f"{self._d}/lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -119,7 +122,7 @@ class HostLocalStore:
     # -- primitives (call under `locked()`) -----------------------------------------------
     def _reserve(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, cid: str, ifname: str, idx: int) -> bool:
         try:
-            fd = os.open(self.dir / str(ip), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(f"{self._d}/{ip}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             return False
         try:
@@ -130,27 +133,35 @@ class HostLocalStore:
         return True
 
     def _write(self, name: str, text: str) -> None:
-        tmp = self.dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, self.dir / name)
+        # Truncate-and-write, as the reference does (os.WriteFile): we hold the lock, and a torn
+        # last_reserved_ip only moves where the round-robin resumes.
+        fd = os.open(f"{self._d}/{name}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
 
     def _last_reserved(self, idx: int) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
         try:
-            return ipaddress.ip_address((self.dir / f"last_reserved_ip.{idx}").read_text().strip())
+            return ipaddress.ip_address(_read(f"{self._d}/last_reserved_ip.{idx}").strip())
         except (OSError, ValueError):
             return None
 
     def _owner(self, name: str) -> tuple[str, str] | None:
-        try:  # bytes: a text read would translate the "\r\n" separator away
-            text = (self.dir / name).read_bytes().decode(errors="replace")
+        try:  # bytes, not text: a text read would translate the "\r\n" separator away
+            text = _read(f"{self._d}/{name}")
         except OSError:
             return None
         cid, _, ifname = text.partition(LINE_BREAK)
         return cid.strip(), ifname.strip()
 
     def _ip_files(self) -> list[str]:
+        # An address file's name starts with a digit (v4) or a hex digit / ':' (v6); everything
+        # else (lock, last_reserved_ip.N, temp files) is skipped without parsing.
         out = []
-        for name in os.listdir(self.dir):
+        for name in os.listdir(self._d):
+            if name[0] in "lL.":
+                continue
             try:
                 ipaddress.ip_address(name)
             except ValueError:
@@ -159,10 +170,16 @@ class HostLocalStore:
         return out
 
     # -- API ---------------------------------------------------------------------------------
-    def allocate(self, ranges: list[Range], cid: str, ifname: str) -> list[Allocation]:
-        """One address per range (a reference "rangeset" each); all-or-nothing."""
+    def allocate(self, ranges: list[Range], cid: str, ifname: str, *, check_duplicate: bool = True) -> list[Allocation]:
+        """One address per range (a reference "rangeset" each); all-or-nothing.
+
+        `check_duplicate` refuses a second address for the same (cid, ifname) in a range, as the
+        reference does; it reads every allocation file, O(pods). Callers that already fail a
+        second ADD of one attachment another way (the CNI plugin: the pod's interface exists) may
+        skip it.
+        """
         with self.locked():
-            mine = set(self._find(cid, ifname))
+            mine = set(self._find(cid, ifname)) if check_duplicate else set()
             got: list[Allocation] = []
             try:
                 for idx, r in enumerate(ranges):
@@ -195,7 +212,7 @@ class HostLocalStore:
 
     def _unlink(self, name: str) -> None:
         try:
-            os.unlink(self.dir / name)
+            os.unlink(f"{self._d}/{name}")
         except FileNotFoundError:
             pass
 
@@ -265,5 +282,9 @@ def parse_ranges(ipam: dict[str, object]) -> list[Range]:
     return ranges
 
 
-def _is_enoent(e: OSError) -> bool:
-    return e.errno == errno.ENOENT
+def _read(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 4096).decode(errors="replace")
+    finally:
+        os.close(fd)
