@@ -154,3 +154,32 @@ def test_bad_config_names_the_field(tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(Invalid) as ei:
         make(ds, clock, str(tmp_path))
     assert ei.value.field == "Network"
+
+
+def test_healthz_answers_once_lease_held_and_applied(tmp_path: os.PathLike[str]) -> None:
+    import json
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    clock = FakeClock()
+    ds = MemoryDatastore(clock=clock)
+    ds.put(config_key(), '{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}')
+    d = make(ds, clock, str(tmp_path), healthz_ip="127.0.0.1", healthz_port=port)
+    srv = d.serve_healthz()
+    assert srv is not None
+    try:
+        url = f"http://127.0.0.1:{port}/healthz"
+        with pytest.raises(urllib.error.HTTPError) as ei:
+            urllib.request.urlopen(url, timeout=5)
+        assert ei.value.code == 503  # not applied yet
+        sync(d, ds)
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.loads(r.read())
+        assert r.status == 200 and body["lease"] == str(d.lease.subnet)  # type: ignore[union-attr]
+    finally:
+        srv.shutdown()
+        srv.server_close()
