@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -51,12 +51,14 @@ from pycni.datastore.flannel import (
     subnets_prefix,
     vxlan_backend_data,
 )
-from pycni.errors import Invalid, PycniError
+from pycni.errors import Invalid, PycniError, Transient
 from pycni.flannel import subnet_env
 from pycni.flannel.lease import LeaseManager
 from pycni.testing.clock import Clock, SystemClock
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -124,7 +126,12 @@ class Flanneld:
         deadline = None if not self.opts.config_wait else time.monotonic() + self.opts.config_wait
         warned = False
         while True:
-            v = self.ds.get(key)
+            try:
+                v = self.ds.get(key)
+            except Transient as e:  # etcd not reachable (yet): flannel keeps trying
+                log.warning("datastore unavailable, retrying", error=str(e))
+                v = None
+                warned = True
             if v is not None:
                 cfg = parse_config(v.value)
                 log.info("network config", network=str(cfg.network), subnet_len=cfg.subnet_len,
@@ -204,7 +211,7 @@ class Flanneld:
             self.ds, cfg, attrs, prefix=o.etcd_prefix, clock=self.clock, ttl=o.subnet_lease_ttl,
             renew_margin=o.subnet_lease_renew_margin * 60.0, prev_subnet=prev, rng=self._rng,
             on_lost=self._lease_lost)
-        lease = self.leases.acquire()
+        lease = self._retrying(self.leases.acquire, "lease acquisition")
         self.ctx = NodeContext(config=cfg, own=lease, ext_iface=iface, ext_ip=addr.ip, ext_mtu=mtu,
                                local_networks=local_nets, ip_masq=o.ip_masq,
                                random_fully=o.ip_masq_random_fully, forward_rules=o.iptables_forward_rules,
@@ -221,6 +228,16 @@ class Flanneld:
         bindings = make(self)
         self.agent = Agent(name="flanneld", calc=calc, bindings=bindings, clock=self.clock,
                            resync_interval=o.resync_interval)
+
+    def _retrying(self, fn: Callable[[], T], what: str) -> T:
+        """Retry a datastore step on Transient errors (etcd down, lost races) every second."""
+        while True:
+            try:
+                return fn()
+            except Transient as e:
+                log.warning(f"{what} failed, retrying", error=str(e))
+                if self.stop.wait(1.0):
+                    raise FatalError(f"stopped during {what}") from None
 
     def _lease_lost(self, why: str) -> None:
         log.critical("Lease has been revoked. Shutting down daemon.", reason=why)
