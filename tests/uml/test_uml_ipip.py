@@ -42,8 +42,12 @@ def _stats(ns: NetNS, idx: int) -> tuple[int, int]:
 
 
 def _ping(nsname: str, dst: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["nsenter", f"--net=/run/netns/{nsname}", "ping", "-n", "-c", "3", "-i", "0.2",
-                           "-W", "2", dst], capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{nsname}", "ping", "-n", "-c", "3", "-i", "0.2", "-W", "2", dst],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 @pytest.fixture
@@ -63,8 +67,10 @@ def two_nodes() -> Iterator[tuple[str, str]]:
 
 def test_ipip_ping_across_tunl0(two_nodes: tuple[str, str]) -> None:
     a, b = two_nodes
-    plan = {a: ("10.99.0.11", "10.244.1.1", "10.99.0.12", "10.244.2.0/24"),
-            b: ("10.99.0.12", "10.244.2.1", "10.99.0.11", "10.244.1.0/24")}
+    plan = {
+        a: ("10.99.0.11", "10.244.1.1", "10.99.0.12", "10.244.2.0/24"),
+        b: ("10.99.0.12", "10.244.2.1", "10.99.0.11", "10.244.1.0/24"),
+    }
     na, nb = NetNS(a), NetNS(b)
     try:
         na.link("add", ifname="eth0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": b})
