@@ -150,7 +150,13 @@ def dispatch(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None) ->
 
 
 def main() -> None:
-    """In-process host: read stdin, dispatch, print, exit. The only writer of stdout here."""
+    """In-process host: read stdin, dispatch, print, exit. The only writer of stdout here.
+
+    While the verb runs, fd 1 points at stderr: a library that prints or logs to stdout (structlog's
+    default configuration does) cannot corrupt the result the runtime parses.
+    """
+    result_fd = os.dup(1)
+    os.dup2(2, 1)
     try:
         stdin = sys.stdin.buffer.read() if os.environ.get("CNI_COMMAND") != "VERSION" else b""
     except OSError as e:
@@ -166,6 +172,7 @@ def main() -> None:
             rc, out = 1, spec.dumps(CniError(spec.ERR_INTERNAL, f"plugin failed to load: {e}").to_json(spec.CURRENT_VERSION))
         if plugin is not None:
             rc, out = dispatch(os.environ, stdin, plugin)
-    sys.stdout.buffer.write(out)
-    sys.stdout.buffer.flush()
+    sys.stdout.flush()
+    while out:
+        out = out[os.write(result_fd, out):]
     sys.exit(rc)
