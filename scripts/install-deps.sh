@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PKGS=(etcd-server etcd-client iproute2 iptables iperf3 bird2 gobgpd containernetworking-plugins
-          user-mode-linux kmod busybox-static iputils-ping tcpdump ethtool util-linux procps)
+          user-mode-linux kmod busybox-static iputils-ping tcpdump ethtool util-linux procps
+          python3-venv make)
 
 missing=()
 for p in "${APT_PKGS[@]}"; do
