@@ -23,7 +23,8 @@ Client quirks handled here (each cost an outage in testing):
   `time_retry=0` and do failover ourselves, trying the endpoints in the order given (sticky on the
   last one that answered).
 * gRPC's default reconnect back-off grows to 120 s, so a client would stay "unavailable" long after
-  etcd came back; we cap it at 2 s and enable keepalives so a silently dead watch stream breaks.
+  etcd came back; we cap it at 2 s. Keepalive pings (every `keepalive` s, timing out after half
+  that) break a watch stream whose peer froze or vanished without a FIN.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import queue
 import threading
 import urllib.parse
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -51,15 +53,23 @@ T = TypeVar("T")
 
 DEFAULT_TIMEOUT = 5.0
 
-_GRPC_OPTIONS = [
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", 2000),
-    ("grpc.keepalive_time_ms", 10_000),  # etcd's default enforcement minimum is 5 s
-    ("grpc.keepalive_timeout_ms", 5_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
+DEFAULT_KEEPALIVE = 10.0  # etcd rejects pings more frequent than --grpc-keepalive-min-time (5 s)
+
+
+def _grpc_options(keepalive: float) -> list[tuple[str, int]]:
+    return [
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+        # A silently dead peer (host gone, etcd frozen) breaks the watch stream after ~1.5 x keepalive.
+        ("grpc.keepalive_time_ms", int(keepalive * 1000)),
+        ("grpc.keepalive_timeout_ms", int(keepalive * 500)),
+        # grpcio >= 1.5x times pings out by this one; without it a frozen peer went unnoticed
+        # for a minute even with keepalive_timeout_ms set (measured with grpcio 1.85 + SIGSTOP).
+        ("grpc.http2.ping_timeout_ms", int(keepalive * 500)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
 
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     pyetcd.exceptions.ConnectionFailedError,
@@ -97,6 +107,11 @@ def parse_endpoints(endpoints: Sequence[str] | str) -> list[tuple[str, int]]:
     return out
 
 
+def _check_key(key: str) -> None:
+    if not key:
+        raise Invalid("empty etcd key", field="key")
+
+
 def _text(b: bytes) -> str:
     return b.decode("utf-8", errors="replace")
 
@@ -113,16 +128,32 @@ class _Lost(Exception):
         self.unavailable = unavailable
 
 
+@dataclass
+class _SyncState:
+    """What one `sync` call has told its consumer: key -> mod revision, and the newest revision seen."""
+
+    known: dict[str, int] = field(default_factory=dict)
+    high: int = 0
+
+
 class EtcdDatastore:
-    def __init__(self, endpoints: Sequence[str] | str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str] | str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        keepalive: float = DEFAULT_KEEPALIVE,
+    ) -> None:
+        """`timeout` bounds every RPC; `keepalive` is the gRPC ping interval (dead-peer detection)."""
         self.endpoints = parse_endpoints(endpoints)
         self.timeout = timeout
         self._clients: list[Any] = []
         for host, port in self.endpoints:
-            ep = pyetcd.Endpoint(host, port, secure=False, time_retry=0, opts=_GRPC_OPTIONS)
+            ep = pyetcd.Endpoint(host, port, secure=False, time_retry=0, opts=_grpc_options(keepalive))
             self._clients.append(pyetcd.MultiEndpointEtcd3Client(endpoints=[ep], timeout=timeout))
         self._current = 0
         self._lock = threading.Lock()
+        self._closed = False
 
     def __repr__(self) -> str:
         eps = ",".join(f"{h}:{p}" for h, p in self.endpoints)
@@ -131,6 +162,8 @@ class EtcdDatastore:
     # -- plumbing ------------------------------------------------------------------------------
     def _call(self, fn: Callable[[Any], T], what: str) -> T:
         """Run `fn(client)` on the current endpoint, failing over in order; Unavailable if none."""
+        if self._closed:
+            raise Unavailable(f"etcd {what}: client closed")
         with self._lock:
             start = self._current
         n = len(self._clients)
@@ -190,6 +223,7 @@ class EtcdDatastore:
 
     # -- Datastore -----------------------------------------------------------------------------
     def get(self, key: str) -> Versioned | None:
+        _check_key(key)
         resp = self._call(lambda c: c.get_response(key), "get")
         if resp.count < 1:
             return None
@@ -209,6 +243,7 @@ class EtcdDatastore:
         return self._range(prefix)[0]
 
     def create(self, key: str, value: str, *, ttl: float | None = None) -> Versioned:
+        _check_key(key)
         ok, v = self._guarded_put(key, value, ttl, lambda c: c.transactions.create(key) == 0)
         if not ok:
             raise AlreadyExists(key)
@@ -216,6 +251,7 @@ class EtcdDatastore:
         return v  # type: ignore[no-any-return]
 
     def update(self, key: str, value: str, *, revision: int, ttl: float | None = None) -> Versioned:
+        _check_key(key)
         ok, v = self._guarded_put(key, value, ttl, lambda c: c.transactions.mod(key) == revision)
         if not ok:
             raise CasConflict(f"{key}: revision {revision} is not current")
@@ -223,6 +259,7 @@ class EtcdDatastore:
         return v  # type: ignore[no-any-return]
 
     def put(self, key: str, value: str, *, ttl: float | None = None) -> Versioned:
+        _check_key(key)
         def op(c: Any) -> Versioned:
             lease = self._grant(c, ttl)
             try:
@@ -237,6 +274,7 @@ class EtcdDatastore:
         return v
 
     def delete(self, key: str, *, revision: int | None = None) -> bool:
+        _check_key(key)
         if revision is None:
             deleted = bool(self._call(lambda c: c.delete(key), "delete"))
             if deleted:
@@ -278,6 +316,7 @@ class EtcdDatastore:
         return rev
 
     def close(self) -> None:
+        self._closed = True
         for c in self._clients:
             try:
                 c.close()
@@ -295,12 +334,12 @@ class EtcdDatastore:
         max_backoff: float = 5.0,
     ) -> None:
         """List, IN_SYNC, watch; on a lost watch RESYNC, relist (with back-off), IN_SYNC again."""
-        known: dict[str, int] = {}
+        st = _SyncState()
         backoff = min_backoff
         emit(SyncStatus.WAIT_FOR_DATASTORE)
-        while not stop.is_set():
+        while not stop.is_set() and not self._closed:
             try:
-                rev = self._relist(prefixes, known, emit)
+                rev = self._relist(prefixes, st, emit)
             except Unavailable as e:
                 log.warning("etcd list failed; retrying", error=str(e), retry_in=round(backoff, 2))
                 stop.wait(backoff)
@@ -309,16 +348,18 @@ class EtcdDatastore:
             backoff = min_backoff
             emit(SyncStatus.IN_SYNC)
             try:
-                self._watch(prefixes, rev, known, emit, stop)
+                self._watch(prefixes, rev, st, emit, stop)
                 return  # stop was set
             except _Lost as lost:
+                if self._closed:
+                    return
                 log.warning("etcd watch lost; relisting", reason=str(lost))
                 emit(SyncStatus.RESYNC)
                 if lost.unavailable:
                     stop.wait(backoff)
                     backoff = min(backoff * 2, max_backoff)
 
-    def _relist(self, prefixes: Sequence[str], known: dict[str, int], emit: Emit) -> int:
+    def _relist(self, prefixes: Sequence[str], st: _SyncState, emit: Emit) -> int:
         snap: dict[str, Versioned] = {}
         rev: int | None = None
         for p in prefixes:
@@ -328,6 +369,13 @@ class EtcdDatastore:
                 snap[v.key] = v
         if rev is None:  # no prefixes: still learn a revision so the watch has a start
             rev = self.revision()
+        known = st.known
+        force = rev < st.high
+        if force:
+            # The store went back in time (restored from a backup, wiped, or a different cluster):
+            # equal revisions no longer mean equal values, so re-emit everything listed.
+            log.warning("etcd revision went backwards; re-emitting every key", revision=rev, seen=st.high)
+        st.high = rev
         gone = sorted(set(known) - set(snap))
         for k in gone:
             emit(Update(k, None, rev))
@@ -335,7 +383,7 @@ class EtcdDatastore:
         changed = 0
         for k in sorted(snap):
             v = snap[k]
-            if known.get(k) != v.revision:
+            if force or known.get(k) != v.revision:
                 emit(Update(k, v.value, v.revision))
                 known[k] = v.revision
                 changed += 1
@@ -344,9 +392,10 @@ class EtcdDatastore:
         return rev
 
     def _watch(
-        self, prefixes: Sequence[str], rev: int, known: dict[str, int], emit: Emit, stop: threading.Event
+        self, prefixes: Sequence[str], rev: int, st: _SyncState, emit: Emit, stop: threading.Event
     ) -> None:
         """Watch from rev+1 until `stop` (returns) or the watch is lost (raises `_Lost`)."""
+        known = st.known
         with self._lock:
             client = self._clients[self._current]
         q: queue.Queue[Any] = queue.Queue()
@@ -374,6 +423,7 @@ class EtcdDatastore:
                 for ev in item.events:
                     key = _text(ev.key)
                     mod = int(ev.mod_revision)
+                    st.high = max(st.high, mod)
                     if isinstance(ev, pyetcd.events.DeleteEvent):
                         if known.pop(key, None) is None:
                             continue  # never seen (or already synthesised): no duplicate delete

@@ -1,11 +1,14 @@
 """EtcdServer: a real, throwaway etcd 3.4 on loopback for integration tests and labs.
 
 Each instance gets its own temp data dir and a free client/peer port pair, is started with a short
-election timeout (healthy in ~0.1 s instead of ~0.7 s), and is killed by its PID only, so parallel
-workers never touch each other's etcd. The child also gets PR_SET_PDEATHSIG, so a test run that dies
-does not leave an etcd behind. `restart()` keeps the data dir and the ports (a client sees the same
-endpoint go away and come back, as after a real etcd restart); `compact()` compacts the history at
-the current revision, which makes every live watch fail with "compacted" and must make syncers relist.
+election timeout (healthy in ~0.15 s instead of ~0.7 s), and is killed by its PID only, so parallel
+workers never touch each other's etcd. It runs under `setpriv --pdeathsig KILL` (no Python code
+between fork and exec), so a test run that dies does not leave an etcd behind. `restart()` keeps
+the data dir and the ports (a client sees the same endpoint go away and come back, as after a real
+etcd restart); `pause()`/`resume()` freeze it (a hung peer: connections stay open, nothing
+answers); `compact()` compacts the history at the current revision, so every watcher that is
+behind it fails with "compacted" and must relist. `start()` returns only once both `/health` and
+a gRPC quorum read (`etcdctl endpoint health`) succeed.
 
 The helper is stdlib-only on purpose (health via HTTP `/health`, compaction via `etcdctl`): it must
 not depend on the client library whose adapter it is used to test.
@@ -23,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -40,12 +42,7 @@ from types import TracebackType
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+SETPRIV = shutil.which("setpriv")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -70,8 +67,14 @@ class EtcdServer:
         wrap: Sequence[str] = (),
         startup_timeout: float = 15.0,
         data_dir: str | None = None,
+        die_with_parent: bool = True,
     ) -> None:
-        """`wrap` prefixes the command, e.g. `["ip", "netns", "exec", "lab-etcd"]` (it must exec)."""
+        """`wrap` prefixes the command, e.g. `["ip", "netns", "exec", "lab-etcd"]` (it must exec).
+
+        `die_with_parent` runs etcd under `setpriv --pdeathsig KILL`: it dies when the *thread*
+        that started it exits, so pass False when starting it from a short-lived thread.
+        """
+        self.die_with_parent = die_with_parent
         self.host = host
         self.name = name
         self.wrap = list(wrap)
@@ -100,7 +103,9 @@ class EtcdServer:
     # -- lifecycle -----------------------------------------------------------------------------
     def _cmd(self) -> list[str]:
         peer = f"http://{self.host}:{self.peer_port}"
+        guard = [SETPRIV, "--pdeathsig", "KILL"] if self.die_with_parent and SETPRIV else []
         return [
+            *guard,
             *self.wrap,
             ETCD,
             "--name", self.name,
@@ -112,6 +117,7 @@ class EtcdServer:
             "--initial-cluster", f"{self.name}={peer}",
             "--heartbeat-interval", "10",
             "--election-timeout", "100",
+            "--grpc-keepalive-min-time", "200ms",  # let tests ping fast (dead-peer detection)
             "--logger", "zap",
             "--log-level", "warn",
         ]  # fmt: skip
@@ -120,19 +126,21 @@ class EtcdServer:
         """Start (or start again, same ports and data) and wait until `/health` says true."""
         if self.running:
             return self
-        attempts = 3 if self.client_port == 0 else 1
+        fresh_ports = self.client_port == 0
         last = ""
-        for _ in range(attempts):
-            if attempts > 1:
+        for attempt in range(3):
+            if fresh_ports:
                 self.client_port, self.peer_port = free_port(self.host), free_port(self.host)
                 while self.peer_port == self.client_port:
                     self.peer_port = free_port(self.host)
+            elif attempt:
+                time.sleep(0.2)  # a restart on fixed ports: let a transient port clash clear
             try:
                 self._spawn()
                 return self
             except EtcdError as e:  # most likely a port grabbed by someone else meanwhile
                 last = str(e)
-                if attempts > 1 and os.path.isdir(self.data_dir) and not os.listdir(self.data_dir):
+                if fresh_ports and os.path.isdir(self.data_dir) and not os.listdir(self.data_dir):
                     shutil.rmtree(self.data_dir, ignore_errors=True)
         raise EtcdError(last)
 
@@ -143,15 +151,14 @@ class EtcdServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
                 cwd=self.dir,
             )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 self.proc = None
-                raise EtcdError(f"etcd exited at start: {self.log_tail()}")
-            if self.healthy():
+                raise EtcdError(f"etcd exited at start: {self.log_tail(errors_only=True)}")
+            if self.healthy() and self._grpc_ready() and self.proc.poll() is None:
                 return
             time.sleep(0.02)
         self.kill()
@@ -164,6 +171,14 @@ class EtcdServer:
         except (OSError, ValueError, urllib.error.URLError):
             return False
 
+    def _grpc_ready(self) -> bool:
+        """`/health` is HTTP; also prove the gRPC side (what clients use) answers a quorum read."""
+        try:
+            self.etcdctl("endpoint", "health", "--command-timeout=2s", timeout=5)
+        except (EtcdError, subprocess.TimeoutExpired):
+            return False
+        return True
+
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Kill our etcd by PID (SIGKILL: a crash; SIGTERM: a clean stop) and reap it."""
         if self.proc is None:
@@ -171,12 +186,24 @@ class EtcdServer:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, sig)
+                if sig != signal.SIGKILL:
+                    os.kill(self.proc.pid, signal.SIGCONT)  # a paused etcd cannot act on SIGTERM
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.kill(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(timeout=10)
         self.proc = None
+
+    def pause(self) -> None:
+        """Freeze etcd (SIGSTOP): connections stay open but nothing answers, like a hung peer."""
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused etcd (SIGCONT)."""
+        if self.proc is not None:
+            os.kill(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop etcd but keep the data dir and ports (`start()` brings the same member back)."""
@@ -220,12 +247,15 @@ class EtcdServer:
         self.etcdctl("compact", str(rev), "--physical")
         return rev
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log_tail(self, lines: int = 20, *, errors_only: bool = False) -> str:
         try:
             with open(self.log_path, errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
+                text = f.readlines()
         except OSError:
             return ""
+        if errors_only:
+            text = [ln for ln in text if '"level":"error"' in ln or '"level":"fatal"' in ln or "panic" in ln]
+        return "".join(text[-lines:])
 
     # -- context manager -----------------------------------------------------------------------
     def __enter__(self) -> EtcdServer:

@@ -7,6 +7,8 @@ One etcd serves the module (keys are namespaced per test); the restart test rest
 from __future__ import annotations
 
 import itertools
+import shutil
+import threading
 import time
 from collections.abc import Iterator
 
@@ -166,3 +168,81 @@ def test_parse_endpoints() -> None:
     for bad in ("https://10.0.0.1:2379", "", "http://h:notaport"):
         with pytest.raises(Invalid):
             parse_endpoints(bad)
+
+
+def test_sync_detects_a_hung_etcd_and_recovers(etcd: EtcdServer) -> None:
+    """SIGSTOP: the TCP connection stays up but nothing answers; keepalive pings break the watch."""
+    ds = EtcdDatastore(etcd.endpoint, timeout=1, keepalive=0.5)
+    writer = EtcdDatastore(etcd.endpoint, timeout=2)
+    rec = Recorder()
+    try:
+        with syncing(ds, ["/pycni-test/hung/"], rec):
+            eventually(lambda: rec.in_sync_count() == 1, 5)
+            etcd.pause()
+            try:
+                eventually(lambda: SyncStatus.RESYNC in rec.statuses(), 10, "RESYNC while etcd hangs")
+            finally:
+                etcd.resume()
+            eventually(lambda: rec.in_sync_count() == 2, 15, "IN_SYNC after etcd thaws")
+            writer.put("/pycni-test/hung/k", "v")
+            eventually(lambda: rec.has("/pycni-test/hung/k", "v"), 5)
+    finally:
+        etcd.resume()
+        ds.close()
+        writer.close()
+
+
+def test_sync_returns_when_the_client_is_closed(etcd: EtcdServer) -> None:
+    ds = EtcdDatastore(etcd.endpoint, timeout=1)
+    rec = Recorder()
+    stop = threading.Event()
+    t = threading.Thread(target=ds.sync, args=(["/pycni-test/closed/"], rec, stop), daemon=True)
+    t.start()
+    eventually(lambda: rec.in_sync_count() == 1, 5)
+    ds.close()
+    t.join(5)
+    assert not t.is_alive()
+    with pytest.raises(Unavailable):
+        ds.get("/pycni-test/closed/k")
+    stop.set()
+
+
+def test_relist_after_the_store_went_back_in_time() -> None:
+    """A wiped etcd reuses revisions: equal revisions must not hide new values."""
+    with EtcdServer() as server:
+        ds = EtcdDatastore(server.endpoint, timeout=1)
+        rec = Recorder()
+        try:
+            for i in range(5):
+                ds.put(f"/w/{i}", f"old{i}")
+            with syncing(ds, ["/w/"], rec):
+                eventually(lambda: rec.in_sync_count() == 1, 5)
+                server.kill()
+                shutil.rmtree(server.data_dir)
+                server.start()
+                fresh = EtcdDatastore(server.endpoint, timeout=2)
+                try:
+                    eventually(lambda: _put_ok(fresh, "/w/0", "new0"), 10, "a write to the new store")
+                    assert fresh.get("/w/0") is not None and fresh.get("/w/0").revision == 2  # type: ignore[union-attr]
+                finally:
+                    fresh.close()
+                eventually(lambda: rec.view() == {"/w/0": "new0"}, 15, "the consumer to see the new store")
+        finally:
+            ds.close()
+
+
+def _put_ok(ds: EtcdDatastore, key: str, value: str) -> bool:
+    try:
+        ds.put(key, value)
+    except Unavailable:
+        return False
+    return True
+
+
+def test_empty_key_is_invalid(etcd: EtcdServer) -> None:
+    ds = EtcdDatastore(etcd.endpoint)
+    try:
+        with pytest.raises(Invalid):
+            ds.put("", "v")
+    finally:
+        ds.close()
