@@ -68,7 +68,9 @@ class Impl:
         return f"{self.prefix}{i}"
 
 
-def run(impl: Impl, command: str, i: int, *, prev: Any = None) -> tuple[float, subprocess.CompletedProcess[bytes]]:
+def run(
+    impl: Impl, command: str, i: int, *, prev: Any = None
+) -> tuple[float, subprocess.CompletedProcess[bytes]]:
     conf = dict(impl.conf)
     if prev is not None:
         conf["prevResult"] = prev
@@ -83,8 +85,9 @@ def run(impl: Impl, command: str, i: int, *, prev: Any = None) -> tuple[float, s
     }
     data = json.dumps(conf).encode()
     t0 = time.perf_counter()
-    p = subprocess.run(["nsenter", f"--net=/run/netns/{NODE}", impl.plugin], input=data, env=env,
-                       capture_output=True)
+    p = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{NODE}", impl.plugin], input=data, env=env, capture_output=True
+    )
     dt = (time.perf_counter() - t0) * 1000
     if p.returncode != 0:
         raise RuntimeError(f"{impl.name} {command} pod {i}: {p.stdout.decode()} {p.stderr.decode()}")
@@ -114,12 +117,21 @@ def concurrent(impl: Impl, command: str, n: int) -> float:
     t0 = time.perf_counter()
     for i in range(n):
         env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "CNI_COMMAND": command,
-            "CNI_CONTAINERID": f"{impl.prefix}c{i}", "CNI_NETNS": f"/run/netns/{impl.prefix}c{i}", "CNI_IFNAME": "eth0",
-            "CNI_PATH": REF_DIR, "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=conc-{i}",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": f"{impl.prefix}c{i}",
+            "CNI_NETNS": f"/run/netns/{impl.prefix}c{i}",
+            "CNI_IFNAME": "eth0",
+            "CNI_PATH": REF_DIR,
+            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=conc-{i}",
         }
-        p = subprocess.Popen(["nsenter", f"--net=/run/netns/{NODE}", impl.plugin], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        p = subprocess.Popen(
+            ["nsenter", f"--net=/run/netns/{NODE}", impl.plugin],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
         procs.append(p)
     data = json.dumps(impl.conf).encode()
     failures = 0
@@ -153,31 +165,87 @@ def main() -> None:
     plugin = str(install_plugin(bindir))
     sock = work / "agent.sock"
     senv = work / "subnet.env"
-    senv.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n"
-                    "FLANNEL_IPMASQ=true\n")
+    senv.write_text(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n"
+    )
 
-    ref = Impl("reference bridge+host-local", f"{REF_DIR}/bridge", {
-        "cniVersion": "1.0.0", "name": "refnet", "type": "bridge", "bridge": "cni1", "isGateway": True,
-        "isDefaultGateway": True, "ipMasq": False, "hairpinMode": True, "mtu": 1450,
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.245.0.0/16"}]], "dataDir": str(work / "ref")},
-    }, "pyt-bench-r")
-    flannel_conf = {"cniVersion": "1.0.0", "name": "cbr0", "type": "pycni", "mode": "flannel",
-                    "subnetFile": str(senv), "dataDir": str(work / "flannel"), "agentSocket": str(sock),
-                    "delegate": {"hairpinMode": True, "isDefaultGateway": True}}
+    ref = Impl(
+        "reference bridge+host-local",
+        f"{REF_DIR}/bridge",
+        {
+            "cniVersion": "1.0.0",
+            "name": "refnet",
+            "type": "bridge",
+            "bridge": "cni1",
+            "isGateway": True,
+            "isDefaultGateway": True,
+            "ipMasq": False,
+            "hairpinMode": True,
+            "mtu": 1450,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.245.0.0/16"}]],
+                "dataDir": str(work / "ref"),
+            },
+        },
+        "pyt-bench-r",
+    )
+    flannel_conf = {
+        "cniVersion": "1.0.0",
+        "name": "cbr0",
+        "type": "pycni",
+        "mode": "flannel",
+        "subnetFile": str(senv),
+        "dataDir": str(work / "flannel"),
+        "agentSocket": str(sock),
+        "delegate": {"hairpinMode": True, "isDefaultGateway": True},
+    }
     from pycni.cni.veth import bridge_port_name
 
-    fast = Impl("pycni flannel, fast path", plugin, flannel_conf, "pyt-bench-f",
-                reaped=lambda i: bridge_port_name(f"pyt-bench-f{i}", "eth0"))
-    inproc = Impl("pycni flannel, in-process", plugin,
-                  {**flannel_conf, "name": "cbr0-inproc", "agentSocket": str(work / "nobody.sock"),
-                   "dataDir": str(work / "flannel-inproc")}, "pyt-bench-i")
+    fast = Impl(
+        "pycni flannel, fast path",
+        plugin,
+        flannel_conf,
+        "pyt-bench-f",
+        reaped=lambda i: bridge_port_name(f"pyt-bench-f{i}", "eth0"),
+    )
+    inproc = Impl(
+        "pycni flannel, in-process",
+        plugin,
+        {
+            **flannel_conf,
+            "name": "cbr0-inproc",
+            "agentSocket": str(work / "nobody.sock"),
+            "dataDir": str(work / "flannel-inproc"),
+        },
+        "pyt-bench-i",
+    )
     from pycni.cni.calico import host_veth_name
 
-    calico = Impl("pycni calico, fast path", plugin, {
-        "cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "pycni", "mode": "calico", "nodename": "bench",
-        "datastore_type": "none", "mtu": 1450, "agentSocket": str(sock), "cacheDir": str(work / "calico-cache"),
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.246.0.0/16"}]], "dataDir": str(work / "calico")},
-    }, "pyt-bench-c", reaped=lambda i: host_veth_name({"K8S_POD_NAMESPACE": "bench", "K8S_POD_NAME": f"pyt-bench-c{i}"}, ""))
+    calico = Impl(
+        "pycni calico, fast path",
+        plugin,
+        {
+            "cniVersion": "1.0.0",
+            "name": "k8s-pod-network",
+            "type": "pycni",
+            "mode": "calico",
+            "nodename": "bench",
+            "datastore_type": "none",
+            "mtu": 1450,
+            "agentSocket": str(sock),
+            "cacheDir": str(work / "calico-cache"),
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": "10.246.0.0/16"}]],
+                "dataDir": str(work / "calico"),
+            },
+        },
+        "pyt-bench-c",
+        reaped=lambda i: host_veth_name(
+            {"K8S_POD_NAMESPACE": "bench", "K8S_POD_NAME": f"pyt-bench-c{i}"}, ""
+        ),
+    )
     impls = [ref, fast, calico] + ([] if a.skip_inproc else [inproc])
     # inproc runs on a bridge of its own so it never shares cni0's subnet with the fast path
     inproc.conf["bridge"] = "cni2"
@@ -200,9 +268,21 @@ def main() -> None:
                 netns_add(impl.pod_ns(i))
                 all_ns.append(impl.pod_ns(i))
         agent_log = open(work / "agent.log", "ab")
-        agent = subprocess.Popen(["nsenter", f"--net=/run/netns/{NODE}", sys.executable, "-m", "pycni.cni.server",
-                                  "--socket", str(sock), "--log-level", a.agent_log_level],
-                                 stdout=agent_log, stderr=agent_log)
+        agent = subprocess.Popen(
+            [
+                "nsenter",
+                f"--net=/run/netns/{NODE}",
+                sys.executable,
+                "-m",
+                "pycni.cni.server",
+                "--socket",
+                str(sock),
+                "--log-level",
+                a.agent_log_level,
+            ],
+            stdout=agent_log,
+            stderr=agent_log,
+        )
         deadline = time.monotonic() + 30
         while not sock.exists():
             if agent.poll() is not None or time.monotonic() > deadline:
@@ -238,23 +318,38 @@ def main() -> None:
                 all_ns.append(f"{impl.prefix}c{i}")
             add_wall = concurrent(impl, "ADD", a.concurrent)
             del_wall = concurrent(impl, "DEL", a.concurrent)
-            conc[impl.name] = {"add_pods_per_s": round(a.concurrent / add_wall, 1), "add_wall_s": round(add_wall, 3),
-                               "del_pods_per_s": round(a.concurrent / del_wall, 1), "del_wall_s": round(del_wall, 3)}
+            conc[impl.name] = {
+                "add_pods_per_s": round(a.concurrent / add_wall, 1),
+                "add_wall_s": round(add_wall, 3),
+                "del_pods_per_s": round(a.concurrent / del_wall, 1),
+                "del_wall_s": round(del_wall, 3),
+            }
             if impl is fast:
                 time.sleep(0.5)
 
-        out: dict[str, Any] = {"pods": a.pods, "concurrent": a.concurrent, "loadavg": os.getloadavg(),
-                               "sequential": {}, "concurrency": conc}
+        out: dict[str, Any] = {
+            "pods": a.pods,
+            "concurrent": a.concurrent,
+            "loadavg": os.getloadavg(),
+            "sequential": {},
+            "concurrency": conc,
+        }
         for impl in impls:
             out["sequential"][impl.name] = {k: summarize(v) for k, v in impl.times.items()}
         r = out["sequential"][ref.name]
-        out["ratio_fast_vs_reference"] = {k: round(out["sequential"][fast.name][k]["median"] / r[k]["median"], 2)
-                                          for k in ("ADD", "CHECK", "DEL")}
+        out["ratio_fast_vs_reference"] = {
+            k: round(out["sequential"][fast.name][k]["median"] / r[k]["median"], 2)
+            for k in ("ADD", "CHECK", "DEL")
+        }
         out["ratio_calico_fast_vs_reference"] = {
-            k: round(out["sequential"][calico.name][k]["median"] / r[k]["median"], 2) for k in ("ADD", "CHECK", "DEL")}
+            k: round(out["sequential"][calico.name][k]["median"] / r[k]["median"], 2)
+            for k in ("ADD", "CHECK", "DEL")
+        }
         if inproc in impls:
             out["ratio_inproc_vs_reference"] = {
-                k: round(out["sequential"][inproc.name][k]["median"] / r[k]["median"], 2) for k in ("ADD", "CHECK", "DEL")}
+                k: round(out["sequential"][inproc.name][k]["median"] / r[k]["median"], 2)
+                for k in ("ADD", "CHECK", "DEL")
+            }
         if a.json:
             print(json.dumps(out, indent=2))
         else:
@@ -273,8 +368,10 @@ def main() -> None:
 
 
 def print_table(out: dict[str, Any]) -> None:
-    print(f"CNI latency, {out['pods']} pods sequential, ms (including nsenter fork/exec); "
-          f"loadavg {', '.join(f'{x:.2f}' for x in out['loadavg'])}")
+    print(
+        f"CNI latency, {out['pods']} pods sequential, ms (including nsenter fork/exec); "
+        f"loadavg {', '.join(f'{x:.2f}' for x in out['loadavg'])}"
+    )
     print(f"{'implementation':34} {'op':9} {'median':>8} {'p95':>8} {'n':>4}")
     for name, ops in out["sequential"].items():
         for op, s in ops.items():
@@ -283,10 +380,14 @@ def print_table(out: dict[str, Any]) -> None:
         if key in out:
             print(f"{key:34} " + "  ".join(f"{op} {v:.2f}" for op, v in out[key].items()))
     print(f"\n{out['concurrent']} concurrent ADDs then DELs on one node")
-    print(f"{'implementation':34} {'ADD pods/s':>11} {'ADD wall s':>11} {'DEL pods/s':>11} {'DEL wall s':>11}")
+    print(
+        f"{'implementation':34} {'ADD pods/s':>11} {'ADD wall s':>11} {'DEL pods/s':>11} {'DEL wall s':>11}"
+    )
     for name, c in out["concurrency"].items():
-        print(f"{name:34} {c['add_pods_per_s']:11.1f} {c['add_wall_s']:11.3f} {c['del_pods_per_s']:11.1f} "
-              f"{c['del_wall_s']:11.3f}")
+        print(
+            f"{name:34} {c['add_pods_per_s']:11.1f} {c['add_wall_s']:11.3f} {c['del_pods_per_s']:11.1f} "
+            f"{c['del_wall_s']:11.3f}"
+        )
 
 
 if __name__ == "__main__":

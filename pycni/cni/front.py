@@ -22,8 +22,15 @@ import sys
 FALLBACK_PYTHON = "/usr/bin/python3"  # replaced at install time by the venv's interpreter
 DEFAULT_SOCKET = "/run/pycni/cni.sock"
 FORWARD = (
-    b"CNI_COMMAND", b"CNI_CONTAINERID", b"CNI_NETNS", b"CNI_IFNAME", b"CNI_ARGS", b"CNI_PATH",
-    b"CNI_NETNS_OVERRIDE", b"PYCNI_FAULT", b"PYCNI_LOG_LEVEL",
+    b"CNI_COMMAND",
+    b"CNI_CONTAINERID",
+    b"CNI_NETNS",
+    b"CNI_IFNAME",
+    b"CNI_ARGS",
+    b"CNI_PATH",
+    b"CNI_NETNS_OVERRIDE",
+    b"PYCNI_FAULT",
+    b"PYCNI_LOG_LEVEL",
 )
 
 
@@ -88,13 +95,15 @@ def main() -> None:
         _fallback(data)
     if len(resp) < 2:
         cid = env.get(b"CNI_CONTAINERID", b"").decode(errors="replace")
-        msg = ('{"cniVersion": "1.1.0", "code": 11, "msg": "pycni agent closed the connection", '
-               '"details": "container ' + cid + ': the outcome is unknown; try again"}\n')
+        msg = (
+            '{"cniVersion": "1.1.0", "code": 11, "msg": "pycni agent closed the connection", '
+            '"details": "container ' + cid + ': the outcome is unknown; try again"}\n'
+        )
         posix.write(1, msg.encode())
         sys.exit(1)
     out = resp[2:]
     while out:
-        out = out[posix.write(1, out):]
+        out = out[posix.write(1, out) :]
     sys.exit(resp[1])
 
 

@@ -27,15 +27,20 @@ def fast_python() -> str:
     return sys.executable
 
 
-def render(fallback_python: str | None = None, shebang_python: str | None = None,
-           default_socket: str | None = None) -> str:
+def render(
+    fallback_python: str | None = None, shebang_python: str | None = None, default_socket: str | None = None
+) -> str:
     text = FRONT_SOURCE.read_text()
     lines = text.split("\n")
     lines[0] = f"#!{shebang_python or fast_python()} -IS"  # one argument: the kernel passes the rest as one
     text = "\n".join(lines)
-    text = text.replace('FALLBACK_PYTHON = "/usr/bin/python3"', f"FALLBACK_PYTHON = {fallback_python or sys.executable!r}", 1)
+    text = text.replace(
+        'FALLBACK_PYTHON = "/usr/bin/python3"', f"FALLBACK_PYTHON = {fallback_python or sys.executable!r}", 1
+    )
     if default_socket:
-        text = text.replace('DEFAULT_SOCKET = "/run/pycni/cni.sock"', f"DEFAULT_SOCKET = {default_socket!r}", 1)
+        text = text.replace(
+            'DEFAULT_SOCKET = "/run/pycni/cni.sock"', f"DEFAULT_SOCKET = {default_socket!r}", 1
+        )
     return text
 
 

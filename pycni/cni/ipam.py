@@ -93,8 +93,7 @@ class BlockIpam:
         self.pools = pools or None
 
     def assign(self, owner: Owner) -> list[Assigned]:
-        attrs = {"node": owner.node, "namespace": owner.pod_namespace, "pod": owner.pod_name,
-                 "timestamp": ""}
+        attrs = {"node": owner.node, "namespace": owner.pod_namespace, "pod": owner.pod_name, "timestamp": ""}
         attrs = {k: v for k, v in attrs.items() if v}
         try:
             got = self.allocator.auto_assign(owner.handle, attrs, pools=self.pools)

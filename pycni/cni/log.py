@@ -25,8 +25,14 @@ class _JsonLines:
     def _emit(self, level: str, event: str, kw: dict[str, Any]) -> None:
         if _LEVELS[level] < self.level:
             return
-        rec = {"event": event, "level": level, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        rec.update({k: str(v) if not isinstance(v, (int, float, bool, type(None))) else v for k, v in kw.items()})
+        rec: dict[str, Any] = {
+            "event": event,
+            "level": level,
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        rec.update(
+            {k: str(v) if not isinstance(v, (int, float, bool, type(None))) else v for k, v in kw.items()}
+        )
         try:
             sys.stderr.write(json.dumps(rec) + "\n")
         except Exception:  # stderr closed: logging must never fail the plugin

@@ -28,8 +28,9 @@ def _comment(network: str, cid: str) -> str:
     return f"pycni name: {network} id: {cid}"
 
 
-def setup(network: str, cid: str, ifname: str, ip: ipaddress.IPv4Address,
-          inside: Sequence[ipaddress.IPv4Network]) -> None:
+def setup(
+    network: str, cid: str, ifname: str, ip: ipaddress.IPv4Address, inside: Sequence[ipaddress.IPv4Network]
+) -> None:
     ch = chain_name(network, cid, ifname)
     c = _comment(network, cid)
     lines = ["*nat", f":{ch} - [0:0]", f"-F {ch}"]
@@ -46,7 +47,9 @@ def teardown(network: str, cid: str, ifname: str) -> bool:
     """Remove the jump and the chain if present; idempotent."""
     ch = chain_name(network, cid, ifname)
     try:
-        saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+        saved = subprocess.run(
+            ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return False
     if f":{ch} " not in saved:
@@ -64,13 +67,17 @@ def teardown(network: str, cid: str, ifname: str) -> bool:
 def present(network: str, cid: str, ifname: str) -> bool:
     ch = chain_name(network, cid, ifname)
     try:
-        saved = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+        saved = subprocess.run(
+            ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return False
     return f"-j {ch}" in saved
 
 
 def _restore(text: str) -> None:
-    p = subprocess.run(["iptables-restore", "-w", "5", "--noflush"], input=text, capture_output=True, text=True)
+    p = subprocess.run(
+        ["iptables-restore", "-w", "5", "--noflush"], input=text, capture_output=True, text=True
+    )
     if p.returncode != 0:
         raise OSError(f"iptables-restore failed: {p.stderr.strip()}")

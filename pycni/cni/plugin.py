@@ -80,7 +80,9 @@ def _bool(conf: dict[str, Any], key: str, default: bool) -> bool:
 def parse_conf(conf: dict[str, Any]) -> NetConf:
     mode = conf.get("mode", "calico")
     if mode not in ("calico", "flannel"):
-        raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, f"unknown mode {mode!r}", "mode is 'calico' or 'flannel'")
+        raise CniError(
+            spec.ERR_INVALID_NETWORK_CONFIG, f"unknown mode {mode!r}", "mode is 'calico' or 'flannel'"
+        )
     ipam = conf.get("ipam") or {}
     if not isinstance(ipam, dict):
         raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "ipam must be an object")
@@ -113,7 +115,9 @@ def parse_conf(conf: dict[str, Any]) -> NetConf:
         name=conf["name"],
         version=str(conf.get("cniVersion")),
         mode=mode,
-        cache_dir=str(conf.get("cacheDir") or (os.path.join(data_dir, "results") if data_dir else DEFAULT_CACHE_DIR)),
+        cache_dir=str(
+            conf.get("cacheDir") or (os.path.join(data_dir, "results") if data_dir else DEFAULT_CACHE_DIR)
+        ),
         mtu=mtu,
         ipam=ipam,
         raw=conf,
@@ -125,19 +129,26 @@ def parse_conf(conf: dict[str, Any]) -> NetConf:
         hairpin=_bool(opts, "hairpinMode", True),
         default_gateway=_bool(opts, "isDefaultGateway", True),
         ip_masq=opts["ipMasq"] if isinstance(opts.get("ipMasq"), bool) else None,
-        ipam_data_dir=str(ipam.get("dataDir") or (os.path.join(data_dir, "networks") if data_dir
-                                                   else host_local.DEFAULT_DATA_DIR)),
+        ipam_data_dir=str(
+            ipam.get("dataDir")
+            or (os.path.join(data_dir, "networks") if data_dir else host_local.DEFAULT_DATA_DIR)
+        ),
     )
     if nc.datastore_type not in ("etcdv3", "none"):
-        raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, f"unsupported datastore_type {nc.datastore_type!r}",
-                       "pycni speaks etcdv3 (or 'none' for tests without felix)")
+        raise CniError(
+            spec.ERR_INVALID_NETWORK_CONFIG,
+            f"unsupported datastore_type {nc.datastore_type!r}",
+            "pycni speaks etcdv3 (or 'none' for tests without felix)",
+        )
     va = conf.get("cni.dev/valid-attachments", conf.get("cni.dev/attachments"))
     if va is not None:
         if not isinstance(va, list):
             raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "cni.dev/valid-attachments must be a list")
         for a in va:
             if not isinstance(a, dict) or "containerID" not in a:
-                raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "bad entry in cni.dev/valid-attachments", repr(a))
+                raise CniError(
+                    spec.ERR_INVALID_NETWORK_CONFIG, "bad entry in cni.dev/valid-attachments", repr(a)
+                )
             nc.valid_attachments.append((str(a["containerID"]), str(a.get("ifname", ""))))
     return nc
 
@@ -160,16 +171,23 @@ def read_subnet_env(path: str) -> FlannelEnv:
                 if sep:
                     kv[k.strip()] = v.strip()
     except FileNotFoundError:
-        raise CniError(spec.ERR_TRY_AGAIN_LATER, f"failed to load flannel 'subnet.env' file: {path} is missing",
-                       "flanneld writes it once it holds a lease; check the flanneld log") from None
+        raise CniError(
+            spec.ERR_TRY_AGAIN_LATER,
+            f"failed to load flannel 'subnet.env' file: {path} is missing",
+            "flanneld writes it once it holds a lease; check the flanneld log",
+        ) from None
     except OSError as e:
         raise CniError(spec.ERR_IO, f"failed to read {path}", str(e)) from None
-    missing = [k for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ") if k not in kv]
+    missing = [
+        k for k in ("FLANNEL_NETWORK", "FLANNEL_SUBNET", "FLANNEL_MTU", "FLANNEL_IPMASQ") if k not in kv
+    ]
     if missing:
         raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, f"{path} is missing {', '.join(missing)}")
     try:
         return FlannelEnv(
-            networks=[ipaddress.IPv4Network(n.strip()) for n in kv["FLANNEL_NETWORK"].split(",") if n.strip()],
+            networks=[
+                ipaddress.IPv4Network(n.strip()) for n in kv["FLANNEL_NETWORK"].split(",") if n.strip()
+            ],
             subnet=ipaddress.IPv4Interface(kv["FLANNEL_SUBNET"]),
             mtu=int(kv["FLANNEL_MTU"]),
             ipmasq=kv["FLANNEL_IPMASQ"].lower() == "true",
@@ -182,7 +200,9 @@ def _open_netns(path: str) -> int:
     try:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise CniError(spec.ERR_INVALID_NETNS, f"failed to open netns {path!r}", os.strerror(e.errno or 0)) from None
+        raise CniError(
+            spec.ERR_INVALID_NETNS, f"failed to open netns {path!r}", os.strerror(e.errno or 0)
+        ) from None
 
 
 class Reaper:
@@ -288,8 +308,11 @@ class CniPlugin:
         if nc.datastore_type == "none":
             return None
         if not nc.etcd_endpoints:
-            raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "calico mode needs etcd_endpoints",
-                           "set etcd_endpoints, or datastore_type 'none' to run without felix")
+            raise CniError(
+                spec.ERR_INVALID_NETWORK_CONFIG,
+                "calico mode needs etcd_endpoints",
+                "set etcd_endpoints, or datastore_type 'none' to run without felix",
+            )
         with self._lock:
             ds = self._datastores.get(nc.etcd_endpoints)
             if ds is None:
@@ -302,7 +325,9 @@ class CniPlugin:
     def _ipam(self, nc: NetConf, fenv: FlannelEnv | None) -> PodIpam:
         data_dir = nc.ipam_data_dir
         if fenv is not None:
-            rng = host_local.Range.from_json({"subnet": str(fenv.subnet.network), "gateway": str(fenv.subnet.ip)})
+            rng = host_local.Range.from_json(
+                {"subnet": str(fenv.subnet.network), "gateway": str(fenv.subnet.ip)}
+            )
             return HostLocalIpam(data_dir, nc.name, [rng])
         kind = nc.ipam.get("type", "calico-ipam")
         if kind == "host-local":
@@ -324,13 +349,22 @@ class CniPlugin:
                     self._allocators[key] = alloc
             pools = nc.ipam.get("ipv4_pools")
             return BlockIpam(alloc, list(pools) if isinstance(pools, list) else None)
-        raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, f"unsupported ipam type {kind!r}",
-                       "use 'calico-ipam' or 'host-local'")
+        raise CniError(
+            spec.ERR_INVALID_NETWORK_CONFIG,
+            f"unsupported ipam type {kind!r}",
+            "use 'calico-ipam' or 'host-local'",
+        )
 
     @staticmethod
     def _owner(nc: NetConf, a: CmdArgs, cid: str | None = None, ifname: str | None = None) -> Owner:
-        return Owner(nc.name, cid or a.container_id, ifname or a.ifname,
-                     a.args.get("K8S_POD_NAMESPACE", ""), a.args.get("K8S_POD_NAME", ""), nc.nodename)
+        return Owner(
+            nc.name,
+            cid or a.container_id,
+            ifname or a.ifname,
+            a.args.get("K8S_POD_NAMESPACE", ""),
+            a.args.get("K8S_POD_NAME", ""),
+            nc.nodename,
+        )
 
     def _host_name(self, nc: NetConf, a: CmdArgs) -> str:
         if nc.mode == "calico":
@@ -363,26 +397,47 @@ class CniPlugin:
                 ipam = self._ipam(nc, fenv)
                 assigned = ipam.assign(owner)
                 undo.callback(self._quiet, "release addresses", ipam.release, owner)
-                log.debug("addresses assigned", container_id=a.container_id,
-                          ips=[str(x.address) for x in assigned])
+                log.debug(
+                    "addresses assigned", container_id=a.container_id, ips=[str(x.address) for x in assigned]
+                )
                 fault(a, "after_ipam")
 
                 if nc.mode == "calico":
                     # Calico pods get /32s whatever the IPAM's prefix: nothing is on-link for a
                     # pod, every packet goes to the host (169.254.1.1) and is routed there.
-                    host32 = [ipaddress.ip_interface((x.address.ip, x.address.ip.max_prefixlen)) for x in assigned]
+                    host32 = [
+                        ipaddress.ip_interface((x.address.ip, x.address.ip.max_prefixlen)) for x in assigned
+                    ]
                     assigned = [type(x)(h, None) for x, h in zip(assigned, host32, strict=True)]
                     wired = veth.calico_add(
-                        host, pod, nsfd, a, host_name=host_name, mtu=nc.mtu or DEFAULT_MTU,
-                        addresses=host32, undo=undo, flush=flush,
+                        host,
+                        pod,
+                        nsfd,
+                        a,
+                        host_name=host_name,
+                        mtu=nc.mtu or DEFAULT_MTU,
+                        addresses=host32,
+                        undo=undo,
+                        flush=flush,
                     )
                 else:
                     assert fenv is not None
                     masq = (not fenv.ipmasq) if nc.ip_masq is None else nc.ip_masq
                     wired = veth.flannel_add(
-                        host, pod, nsfd, a, host_name=host_name, bridge=nc.bridge, env=fenv,
-                        mtu=nc.mtu or fenv.mtu, addresses=assigned, hairpin=nc.hairpin,
-                        default_gateway=nc.default_gateway, ip_masq=masq, network=nc.name, undo=undo,
+                        host,
+                        pod,
+                        nsfd,
+                        a,
+                        host_name=host_name,
+                        bridge=nc.bridge,
+                        env=fenv,
+                        mtu=nc.mtu or fenv.mtu,
+                        addresses=assigned,
+                        hairpin=nc.hairpin,
+                        default_gateway=nc.default_gateway,
+                        ip_masq=masq,
+                        network=nc.name,
+                        undo=undo,
                         flush=flush,
                     )
 
@@ -393,9 +448,15 @@ class CniPlugin:
                         ns, name = wep
                         wep_key = calico.wep_key(ns, name)
                         value = calico.wep_value(
-                            name=name, namespace=ns, node=nc.nodename, pod=a.args["K8S_POD_NAME"],
-                            container_id=a.container_id, endpoint=a.ifname, interface_name=host_name,
-                            mac=wired.pod_mac, ip_networks=[str(x.address) for x in assigned],
+                            name=name,
+                            namespace=ns,
+                            node=nc.nodename,
+                            pod=a.args["K8S_POD_NAME"],
+                            container_id=a.container_id,
+                            endpoint=a.ifname,
+                            interface_name=host_name,
+                            mac=wired.pod_mac,
+                            ip_networks=[str(x.address) for x in assigned],
                         )
                         self._ds_call(ds.put, wep_key, value)
                         undo.callback(self._quiet, "delete endpoint", ds.delete, wep_key)
@@ -403,14 +464,31 @@ class CniPlugin:
                 fault(a, "after_record")
 
                 result = wired.result
-                cache.put(nc.name, a.container_id, a.ifname, {
-                    "mode": nc.mode, "netns": a.netns, "hostVeth": host_name, "wepKey": wep_key,
-                    "handle": owner.handle, "ipMasq": wired.ip_masq, "cniArgs": a.args, "result": result,
-                    "config": {"ipam": nc.ipam, "cacheDir": nc.cache_dir},
-                })
+                cache.put(
+                    nc.name,
+                    a.container_id,
+                    a.ifname,
+                    {
+                        "mode": nc.mode,
+                        "netns": a.netns,
+                        "hostVeth": host_name,
+                        "wepKey": wep_key,
+                        "handle": owner.handle,
+                        "ipMasq": wired.ip_masq,
+                        "cniArgs": a.args,
+                        "result": result,
+                        "config": {"ipam": nc.ipam, "cacheDir": nc.cache_dir},
+                    },
+                )
                 undo.pop_all()
-                log.info("pod added", container_id=a.container_id, dev=host_name, netns=a.netns,
-                         ips=[str(x.address) for x in assigned], endpoint=wep_key)
+                log.info(
+                    "pod added",
+                    container_id=a.container_id,
+                    dev=host_name,
+                    netns=a.netns,
+                    ips=[str(x.address) for x in assigned],
+                    endpoint=wep_key,
+                )
                 return result
         except NetlinkError as e:
             raise CniError(spec.ERR_INTERNAL, f"netlink: {e}") from None
@@ -446,11 +524,15 @@ class CniPlugin:
         cache.delete(nc.name, a.container_id, a.ifname)
         log.info("pod deleted", container_id=a.container_id, dev=host_name)
 
-    def _teardown(self, nc: NetConf, a: CmdArgs, entry: dict[str, Any], host_name: str) -> list[tuple[int, str]]:
+    def _teardown(
+        self, nc: NetConf, a: CmdArgs, entry: dict[str, Any], host_name: str
+    ) -> list[tuple[int, str]]:
         errors: list[tuple[int, str]] = []
         with self._host() as host:
             try:
-                ips = [ipaddress.ip_interface(i["address"]) for i in (entry.get("result") or {}).get("ips", [])]
+                ips = [
+                    ipaddress.ip_interface(i["address"]) for i in (entry.get("result") or {}).get("ips", [])
+                ]
                 veth.host_teardown(host, host_name, ips if nc.mode == "calico" else [], self.reaper)
             except NetlinkError as e:
                 errors.append((spec.ERR_INTERNAL, f"netlink: {e}"))
@@ -508,8 +590,11 @@ class CniPlugin:
         entry = ResultCache(nc.cache_dir).get(nc.name, a.container_id, a.ifname)
         prev = a.conf.get("prevResult") or (entry or {}).get("result")
         if not prev:
-            raise CniError(spec.ERR_UNKNOWN_CONTAINER, f"no ADD result for {a.container_id}/{a.ifname}",
-                           "neither prevResult nor a cached result")
+            raise CniError(
+                spec.ERR_UNKNOWN_CONTAINER,
+                f"no ADD result for {a.container_id}/{a.ifname}",
+                "neither prevResult nor a cached result",
+            )
         host_name = (entry or {}).get("hostVeth") or self._host_name(nc, a)
         problems: list[str] = []
         nsfd = _open_netns(a.netns)
@@ -540,8 +625,11 @@ class CniPlugin:
             if not masq.present(nc.name, a.container_id, a.ifname):
                 problems.append("masquerade rule is missing")
         if problems:
-            raise CniError(spec.ERR_INTERNAL, f"CHECK found {len(problems)} difference(s) from the ADD result",
-                           "; ".join(problems))
+            raise CniError(
+                spec.ERR_INTERNAL,
+                f"CHECK found {len(problems)} difference(s) from the ADD result",
+                "; ".join(problems),
+            )
 
     # ------------------------------------------------------------------ GC
     def gc(self, a: CmdArgs) -> None:
@@ -553,9 +641,17 @@ class CniPlugin:
             cid, ifn = entry.get("containerId", ""), entry.get("ifName", "")
             if (cid, ifn) in valid:
                 continue
-            stale = CmdArgs(command="DEL", container_id=cid, netns="", ifname=ifn,
-                            args=dict(entry.get("cniArgs") or {}), path=a.path, stdin=b"", conf=a.conf,
-                            environ=a.environ)
+            stale = CmdArgs(
+                command="DEL",
+                container_id=cid,
+                netns="",
+                ifname=ifn,
+                args=dict(entry.get("cniArgs") or {}),
+                path=a.path,
+                stdin=b"",
+                conf=a.conf,
+                environ=a.environ,
+            )
             errs = self._teardown(nc, stale, entry, entry.get("hostVeth") or self._host_name(nc, stale))
             if errs:
                 failures += [m for _, m in errs]
@@ -600,4 +696,3 @@ class CniPlugin:
         for ds in self._datastores.values():
             with contextlib.suppress(Exception):
                 ds.close()
-

@@ -157,7 +157,9 @@ class Rtnl:
         self.sock.send(_HDR.pack(_HDR.size + len(body), mtype, flags | NLM_F_REQUEST, self._seq, 0) + body)
         return self._seq
 
-    def request(self, mtype: int, flags: int, body: bytes, what: str, echoed: list[bytes] | None = None) -> None:
+    def request(
+        self, mtype: int, flags: int, body: bytes, what: str, echoed: list[bytes] | None = None
+    ) -> None:
         """Send and wait for the ack; raise NetlinkError(errno) on a negative ack.
 
         With NLM_F_ECHO in `flags`, the kernel's echo of the object is appended to `echoed`.
@@ -204,7 +206,11 @@ class Rtnl:
 
     # ------------------------------------------------------------------ links
     def link_get(self, name: str) -> LinkInfo | None:
-        body = _IFI.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+        body = (
+            _IFI.pack(0, 0, 0, 0, 0)
+            + attr_str(IFLA_IFNAME, name)
+            + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
+        )
         try:
             msgs = self._collect(RTM_GETLINK, 0, body, f"get link {name}")
         except NetlinkError as e:
@@ -215,7 +221,11 @@ class Rtnl:
 
     def links(self) -> list[LinkInfo]:
         body = _IFI.pack(0, 0, 0, 0, 0) + attr_u32(IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
-        return [_parse_link(m) for t, m in self._collect(RTM_GETLINK, NLM_F_DUMP, body, "dump links") if t == RTM_NEWLINK]
+        return [
+            _parse_link(m)
+            for t, m in self._collect(RTM_GETLINK, NLM_F_DUMP, body, "dump links")
+            if t == RTM_NEWLINK
+        ]
 
     def veth_add(
         self,
@@ -239,8 +249,11 @@ class Rtnl:
             + attr_u32(IFLA_MTU, mtu)
             + attr_u32(IFLA_NET_NS_FD, peer_netns_fd)
         )
-        linkinfo = nested(IFLA_LINKINFO, attr_str(IFLA_INFO_KIND, "veth"),
-                          nested(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_body)))
+        linkinfo = nested(
+            IFLA_LINKINFO,
+            attr_str(IFLA_INFO_KIND, "veth"),
+            nested(IFLA_INFO_DATA, attr(VETH_INFO_PEER, peer_body)),
+        )
         body = (
             _IFI.pack(0, 0, 0, IFF_UP, IFF_UP)
             + attr_str(IFLA_IFNAME, name)
@@ -281,8 +294,11 @@ class Rtnl:
     def set_hairpin(self, name: str) -> None:
         """`ip link set NAME type bridge_slave hairpin on` (a pod may reach itself via its service IP)."""
         slave = nested(IFLA_INFO_SLAVE_DATA, attr(IFLA_BRPORT_MODE, b"\x01"))
-        body = (_IFI.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name)
-                + nested(IFLA_LINKINFO, attr_str(IFLA_INFO_SLAVE_KIND, "bridge"), slave))
+        body = (
+            _IFI.pack(0, 0, 0, 0, 0)
+            + attr_str(IFLA_IFNAME, name)
+            + nested(IFLA_LINKINFO, attr_str(IFLA_INFO_SLAVE_KIND, "bridge"), slave)
+        )
         self.request(RTM_NEWLINK, 0, body, f"hairpin on {name}")
 
     def link_del(self, name: str) -> bool:
@@ -346,7 +362,9 @@ class Rtnl:
         flags = NLM_F_CREATE | (NLM_F_REPLACE if replace else NLM_F_EXCL)
         self.request(RTM_NEWROUTE, flags, body, f"add route {dst}")
 
-    def route_del(self, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, *, oif: int = 0, proto: int = 0) -> bool:
+    def route_del(
+        self, dst: ipaddress.IPv4Network | ipaddress.IPv6Network, *, oif: int = 0, proto: int = 0
+    ) -> bool:
         fam = socket.AF_INET if dst.version == 4 else socket.AF_INET6
         body = _RTM.pack(fam, dst.prefixlen, 0, 0, MAIN_TABLE, proto, 0, 0, 0)
         if dst.prefixlen:
@@ -374,14 +392,22 @@ class Rtnl:
             if table != MAIN_TABLE or rtype != RTN_UNICAST:
                 continue
             raw = a.get(RTA_DST)
-            base = ipaddress.ip_address(raw) if raw else ipaddress.ip_address(0 if fam == socket.AF_INET else "::")
+            base = (
+                ipaddress.ip_address(raw)
+                if raw
+                else ipaddress.ip_address(0 if fam == socket.AF_INET else "::")
+            )
             gw = a.get(RTA_GATEWAY)
-            out.append(RouteInfo(
-                dst=ipaddress.ip_network((base, dlen)),
-                gateway=str(ipaddress.ip_address(gw)) if gw else None,
-                oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0,
-                scope=scope, proto=proto, table=table,
-            ))
+            out.append(
+                RouteInfo(
+                    dst=ipaddress.ip_network((base, dlen)),
+                    gateway=str(ipaddress.ip_address(gw)) if gw else None,
+                    oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0,
+                    scope=scope,
+                    proto=proto,
+                    table=table,
+                )
+            )
         return out
 
 

@@ -164,7 +164,9 @@ class CniServer:
                 conn.close()
 
     def _same_netns(self, conn: socket.socket) -> bool:
-        pid, _uid, _gid = _PEERCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        pid, _uid, _gid = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
         try:
             return os.stat(f"/proc/{pid}/ns/net").st_ino == self._netns_ino
         except OSError:
@@ -178,8 +180,13 @@ class CniServer:
         t0 = time.perf_counter()
         rc, out = skel.dispatch(env, stdin, self.plugin)
         conn.sendall(bytes([ANSWERED, rc]) + out)
-        log.debug("cni request served", command=env.get("CNI_COMMAND"), container_id=env.get("CNI_CONTAINERID"),
-                  rc=rc, ms=round((time.perf_counter() - t0) * 1000, 3))
+        log.debug(
+            "cni request served",
+            command=env.get("CNI_COMMAND"),
+            container_id=env.get("CNI_CONTAINERID"),
+            rc=rc,
+            ms=round((time.perf_counter() - t0) * 1000, 3),
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

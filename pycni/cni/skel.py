@@ -33,8 +33,15 @@ _REQUIRED = {
 
 #: Environment passed from the front to the agent (the rest of kubelet's environment is noise).
 FORWARDED_ENV = (
-    "CNI_COMMAND", "CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_ARGS", "CNI_PATH",
-    "CNI_NETNS_OVERRIDE", "PYCNI_FAULT", "PYCNI_LOG_LEVEL",
+    "CNI_COMMAND",
+    "CNI_CONTAINERID",
+    "CNI_NETNS",
+    "CNI_IFNAME",
+    "CNI_ARGS",
+    "CNI_PATH",
+    "CNI_NETNS_OVERRIDE",
+    "PYCNI_FAULT",
+    "PYCNI_LOG_LEVEL",
 )
 
 
@@ -99,7 +106,9 @@ def parse(environ: Mapping[str, str], stdin: bytes) -> CmdArgs:
     if cid and not spec.valid_container_id(cid):
         raise CniError(spec.ERR_INVALID_ENV, "invalid characters in containerID", cid)
     ifname = environ.get("CNI_IFNAME", "")
-    if ifname and (len(ifname) > 15 or "/" in ifname or ifname in (".", "..") or any(c.isspace() for c in ifname)):
+    if ifname and (
+        len(ifname) > 15 or "/" in ifname or ifname in (".", "..") or any(c.isspace() for c in ifname)
+    ):
         raise CniError(spec.ERR_INVALID_ENV, "invalid CNI_IFNAME", ifname)
     args = CmdArgs(
         command=command,
@@ -117,13 +126,24 @@ def parse(environ: Mapping[str, str], stdin: bytes) -> CmdArgs:
     return args
 
 
+def _best_effort_version(stdin: bytes) -> str:
+    """The config's cniVersion for an error found before the config was parsed (env errors)."""
+    try:
+        v = json.loads(stdin).get("cniVersion")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return spec.CURRENT_VERSION
+    return v if v in spec.SUPPORTED_VERSIONS else spec.CURRENT_VERSION
+
+
 def dispatch(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None) -> tuple[int, bytes]:
     """Run one CNI invocation; return (exit code, stdout bytes). Never raises."""
     version = spec.CURRENT_VERSION
     try:
         args = parse(environ, stdin)
         if args.command == "VERSION":
-            return 0, spec.dumps({"cniVersion": spec.CURRENT_VERSION, "supportedVersions": list(spec.SUPPORTED_VERSIONS)})
+            return 0, spec.dumps(
+                {"cniVersion": spec.CURRENT_VERSION, "supportedVersions": list(spec.SUPPORTED_VERSIONS)}
+            )
         version = args.cni_version
         if plugin is None:  # pragma: no cover - composition error
             raise CniError(spec.ERR_INTERNAL, "no plugin configured")
@@ -140,12 +160,24 @@ def dispatch(environ: Mapping[str, str], stdin: bytes, plugin: Plugin | None) ->
             plugin.status(args)
         return 0, b""
     except CniError as e:
-        log.info("cni error", code=e.code, msg=e.msg, details=e.details, command=environ.get("CNI_COMMAND"),
-                 container_id=environ.get("CNI_CONTAINERID"))
+        if version == spec.CURRENT_VERSION:
+            version = _best_effort_version(stdin)
+        log.info(
+            "cni error",
+            code=e.code,
+            msg=e.msg,
+            details=e.details,
+            command=environ.get("CNI_COMMAND"),
+            container_id=environ.get("CNI_CONTAINERID"),
+        )
         return 1, spec.dumps(e.to_json(version))
     except Exception as e:  # noqa: BLE001 - the one place that turns anything into a CNI error
-        log.error("cni internal error", error=repr(e), command=environ.get("CNI_COMMAND"),
-                  container_id=environ.get("CNI_CONTAINERID"))
+        log.error(
+            "cni internal error",
+            error=repr(e),
+            command=environ.get("CNI_COMMAND"),
+            container_id=environ.get("CNI_CONTAINERID"),
+        )
         return 1, spec.dumps(CniError(spec.ERR_INTERNAL, f"{type(e).__name__}: {e}").to_json(version))
 
 
@@ -161,7 +193,10 @@ def main() -> None:
         stdin = sys.stdin.buffer.read() if os.environ.get("CNI_COMMAND") != "VERSION" else b""
     except OSError as e:
         stdin = b""
-        rc, out = 1, spec.dumps(CniError(spec.ERR_IO, "cannot read stdin", str(e)).to_json(spec.CURRENT_VERSION))
+        rc, out = (
+            1,
+            spec.dumps(CniError(spec.ERR_IO, "cannot read stdin", str(e)).to_json(spec.CURRENT_VERSION)),
+        )
     else:
         try:
             from pycni.cni.plugin import CniPlugin
@@ -169,10 +204,15 @@ def main() -> None:
             plugin: Plugin | None = CniPlugin()
         except Exception as e:  # noqa: BLE001
             plugin = None
-            rc, out = 1, spec.dumps(CniError(spec.ERR_INTERNAL, f"plugin failed to load: {e}").to_json(spec.CURRENT_VERSION))
+            rc, out = (
+                1,
+                spec.dumps(
+                    CniError(spec.ERR_INTERNAL, f"plugin failed to load: {e}").to_json(spec.CURRENT_VERSION)
+                ),
+            )
         if plugin is not None:
             rc, out = dispatch(os.environ, stdin, plugin)
     sys.stdout.flush()
     while out:
-        out = out[os.write(result_fd, out):]
+        out = out[os.write(result_fd, out) :]
     sys.exit(rc)

@@ -37,12 +37,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from pycni.cni import spec
-from pycni.cni.rtnl import RT_SCOPE_LINK, LinkInfo, NetnsScope, Rtnl, socket_in_netns, sysctl_read, sysctl_write
+from pycni.cni.log import get_logger
+from pycni.cni.rtnl import (
+    RT_SCOPE_LINK,
+    LinkInfo,
+    NetnsScope,
+    Rtnl,
+    socket_in_netns,
+    sysctl_read,
+    sysctl_write,
+)
 from pycni.cni.spec import CmdArgs, CniError
 from pycni.constants import CALI_GATEWAY, CALI_HOST_MAC, RTPROT_FELIX
 from pycni.dataplane.netlink import NetlinkError
-
-from pycni.cni.log import get_logger
 
 log = get_logger("pycni.cni.veth")
 
@@ -87,8 +94,18 @@ def _quiet(fn: Callable[..., Any], *args: Any) -> None:
         log.warning("undo step failed", step=getattr(fn, "__name__", "?"), error=str(e))
 
 
-def _create_veth(host: Rtnl, pod: Rtnl, host_name: str, host_mac: str, a: CmdArgs, pod_mac: str, nsfd: int,
-                 mtu: int, master: int = 0, flush: Callable[[], bool] | None = None) -> None:
+def _create_veth(
+    host: Rtnl,
+    pod: Rtnl,
+    host_name: str,
+    host_mac: str,
+    a: CmdArgs,
+    pod_mac: str,
+    nsfd: int,
+    mtu: int,
+    master: int = 0,
+    flush: Callable[[], bool] | None = None,
+) -> None:
     """Create the pair. EEXIST means one of the two names is taken: the pod's interface (the spec's
     "ADD MUST fail if the interface exists") or a stale host end of an earlier sandbox of this pod
     (deleted and replaced, as Calico does). Telling them apart costs a GET only on this path."""
@@ -102,8 +119,11 @@ def _create_veth(host: Rtnl, pod: Rtnl, host_name: str, host_mac: str, a: CmdArg
             if pod.link_get(a.ifname) is not None:
                 if flush is not None and flush():  # a pair destroyed after DEL may still be going
                     continue
-                raise CniError(spec.ERR_INTERNAL, f"interface {a.ifname} already exists in the container",
-                               f"netns {a.netns}") from None
+                raise CniError(
+                    spec.ERR_INTERNAL,
+                    f"interface {a.ifname} already exists in the container",
+                    f"netns {a.netns}",
+                ) from None
             log.info("stale host veth replaced", dev=host_name)
             host.link_del(host_name)
     log.debug("veth created", dev=host_name, peer=a.ifname, netns=a.netns)
@@ -116,9 +136,18 @@ def _pod_link(pod: Rtnl, ifname: str) -> LinkInfo:
     return link
 
 
-def calico_add(host: Rtnl, pod: Rtnl, nsfd: int, a: CmdArgs, *, host_name: str, mtu: int,
-               addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface], undo: ExitStack,
-               flush: Callable[[], bool] | None = None) -> Wired:
+def calico_add(
+    host: Rtnl,
+    pod: Rtnl,
+    nsfd: int,
+    a: CmdArgs,
+    *,
+    host_name: str,
+    mtu: int,
+    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    undo: ExitStack,
+    flush: Callable[[], bool] | None = None,
+) -> Wired:
     pod_mac = random_mac()
     _create_veth(host, pod, host_name, CALI_HOST_MAC, a, pod_mac, nsfd, mtu, flush=flush)
     undo.callback(_quiet, host.link_del, host_name)
@@ -189,9 +218,24 @@ def ensure_bridge(host: Rtnl, name: str, mtu: int, gateway: ipaddress.IPv4Interf
     return br
 
 
-def flannel_add(host: Rtnl, pod: Rtnl, nsfd: int, a: CmdArgs, *, host_name: str, bridge: str, env: Any,
-                mtu: int, addresses: list[Any], hairpin: bool, default_gateway: bool, ip_masq: bool,
-                network: str, undo: ExitStack, flush: Callable[[], bool] | None = None) -> Wired:
+def flannel_add(
+    host: Rtnl,
+    pod: Rtnl,
+    nsfd: int,
+    a: CmdArgs,
+    *,
+    host_name: str,
+    bridge: str,
+    env: Any,
+    mtu: int,
+    addresses: list[Any],
+    hairpin: bool,
+    default_gateway: bool,
+    ip_masq: bool,
+    network: str,
+    undo: ExitStack,
+    flush: Callable[[], bool] | None = None,
+) -> Wired:
     gw_iface: ipaddress.IPv4Interface = env.subnet
     br = ensure_bridge(host, bridge, mtu, gw_iface)
     host_mac, pod_mac = random_mac(), random_mac()
@@ -225,8 +269,11 @@ def flannel_add(host: Rtnl, pod: Rtnl, nsfd: int, a: CmdArgs, *, host_name: str,
     fault(a, "after_host")
 
     result = {
-        "interfaces": [spec.iface(bridge, br.mac), spec.iface(host_name, host_mac),
-                       spec.iface(a.ifname, pod_mac, a.netns)],
+        "interfaces": [
+            spec.iface(bridge, br.mac),
+            spec.iface(host_name, host_mac),
+            spec.iface(a.ifname, pod_mac, a.netns),
+        ],
         "ips": [spec.ip_config(x.address, x.gateway, 2) for x in addresses],
         "routes": routes,
         "dns": {},
@@ -252,15 +299,25 @@ def pod_teardown(nsfd: int, ifname: str) -> None:
             log.info("pod interface deleted", dev=ifname)
 
 
-def check(host: Rtnl, nsfd: int, ifname: str, host_name: str, prev: dict[str, Any], mode: str,
-          bridge: str) -> list[str]:
+def check(
+    host: Rtnl, nsfd: int, ifname: str, host_name: str, prev: dict[str, Any], mode: str, bridge: str
+) -> list[str]:
     """Compare the kernel with a previous result; return the differences, worded for operators."""
     problems: list[str] = []
-    want_mac = next((i.get("mac", "") for i in prev.get("interfaces", []) if i.get("sandbox") and i.get("name") == ifname), "")
+    want_mac = next(
+        (
+            i.get("mac", "")
+            for i in prev.get("interfaces", [])
+            if i.get("sandbox") and i.get("name") == ifname
+        ),
+        "",
+    )
     with socket_in_netns(nsfd) as pod:
         link = pod.link_get(ifname)
         if link is None:
-            return [f"interface {ifname} is missing from the pod namespace"] + _check_host(host, host_name, prev, mode, bridge)
+            return [f"interface {ifname} is missing from the pod namespace"] + _check_host(
+                host, host_name, prev, mode, bridge
+            )
         if want_mac and link.mac != want_mac.lower():
             problems.append(f"{ifname} has MAC {link.mac}, the ADD result says {want_mac}")
         if not link.up:

@@ -64,7 +64,7 @@ class Range:
         for what, a in (("rangeStart", start), ("rangeEnd", end)):
             if a not in subnet:
                 raise Invalid(f"{what} {a} not in network {subnet}", field=what)
-        if start > end:
+        if int(start) > int(end):
             raise Invalid(f"rangeStart {start} is after rangeEnd {end}")
         return cls(subnet, start, end, gw)
 
@@ -120,7 +120,9 @@ class HostLocalStore:
             os.close(fd)  # closing releases the flock
 
     # -- primitives (call under `locked()`) -----------------------------------------------
-    def _reserve(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, cid: str, ifname: str, idx: int) -> bool:
+    def _reserve(
+        self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address, cid: str, ifname: str, idx: int
+    ) -> bool:
         try:
             fd = os.open(f"{self._d}/{ip}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except FileExistsError:
@@ -170,7 +172,9 @@ class HostLocalStore:
         return out
 
     # -- API ---------------------------------------------------------------------------------
-    def allocate(self, ranges: list[Range], cid: str, ifname: str, *, check_duplicate: bool = True) -> list[Allocation]:
+    def allocate(
+        self, ranges: list[Range], cid: str, ifname: str, *, check_duplicate: bool = True
+    ) -> list[Allocation]:
         """One address per range (a reference "rangeset" each); all-or-nothing.
 
         `check_duplicate` refuses a second address for the same (cid, ifname) in a range, as the
@@ -185,14 +189,19 @@ class HostLocalStore:
                 for idx, r in enumerate(ranges):
                     if any(ipaddress.ip_address(m) in r.subnet for m in mine):
                         raise DuplicateAllocation(
-                            f"{cid}/{ifname} already has an address in {r.subnet}, duplicate allocation is not allowed"
+                            f"{cid}/{ifname} already has an address in {r.subnet}, "
+                            "duplicate allocation is not allowed"
                         )
                     for ip in r.addresses_after(self._last_reserved(idx)):
                         if self._reserve(ip, cid, ifname, idx):
-                            got.append(Allocation(ipaddress.ip_interface((ip, r.subnet.prefixlen)), r.gateway, idx))
+                            got.append(
+                                Allocation(ipaddress.ip_interface((ip, r.subnet.prefixlen)), r.gateway, idx)
+                            )
                             break
                     else:
-                        raise Exhausted(f"no IP addresses available in range set: {r.range_start}-{r.range_end}")
+                        raise Exhausted(
+                            f"no IP addresses available in range set: {r.range_start}-{r.range_end}"
+                        )
             except BaseException:
                 for a in got:
                     self._unlink(str(a.address.ip))
@@ -260,7 +269,7 @@ class HostLocalStore:
         n = 0
         for r in ranges:
             size = int(r.range_end) - int(r.range_start) + 1
-            if r.gateway is not None and r.range_start <= r.gateway <= r.range_end:
+            if r.gateway is not None and int(r.range_start) <= int(r.gateway) <= int(r.range_end):
                 size -= 1
             n += size - sum(1 for u in used if ipaddress.ip_address(u) in r.subnet)
         return n
@@ -273,7 +282,9 @@ def parse_ranges(ipam: dict[str, object]) -> list[Range]:
     if isinstance(raw, list) and raw:
         for rs in raw:
             if not isinstance(rs, list) or not rs or not isinstance(rs[0], dict):
-                raise Invalid("host-local: each entry of ranges must be a non-empty list of ranges", field="ranges")
+                raise Invalid(
+                    "host-local: each entry of ranges must be a non-empty list of ranges", field="ranges"
+                )
             ranges.append(Range.from_json(rs[0]))
     elif ipam.get("subnet"):
         ranges.append(Range.from_json(dict(ipam)))

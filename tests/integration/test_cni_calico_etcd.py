@@ -51,9 +51,17 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, 
     etcd = NodeEtcd(n.ns)
     try:
         etcd.start()
-        pool = c.IPPool.from_spec(c.new_meta(c.DEFAULT_POOL_NAME), {
-            "cidr": POOL, "blockSize": 26, "ipipMode": "Never", "vxlanMode": "Never", "natOutgoing": True,
-            "nodeSelector": "all()"})
+        pool = c.IPPool.from_spec(
+            c.new_meta(c.DEFAULT_POOL_NAME),
+            {
+                "cidr": POOL,
+                "blockSize": 26,
+                "ipipMode": "Never",
+                "vxlanMode": "Never",
+                "natOutgoing": True,
+                "nodeSelector": "all()",
+            },
+        )
         etcd.etcdctl("put", c.key_for(pool), c.encode(pool))
         if request.param == "agent":
             n.start_agent()
@@ -65,10 +73,17 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Node, 
 
 def conf(n: Node, etcd: EtcdServer, version: str = "1.0.0") -> dict[str, Any]:
     return {
-        "cniVersion": version, "name": "k8s-pod-network", "type": "pycni", "mode": "calico", "nodename": "n1",
-        "datastore_type": "etcdv3", "etcd_endpoints": etcd.endpoint, "mtu": 1450,
+        "cniVersion": version,
+        "name": "k8s-pod-network",
+        "type": "pycni",
+        "mode": "calico",
+        "nodename": "n1",
+        "datastore_type": "etcdv3",
+        "etcd_endpoints": etcd.endpoint,
+        "mtu": 1450,
         "ipam": {"type": "calico-ipam", "assign_ipv4": "true"},
-        "agentSocket": str(n.socket), "cacheDir": str(n.tmp / "cache"),
+        "agentSocket": str(n.socket),
+        "cacheDir": str(n.tmp / "cache"),
     }
 
 
@@ -107,19 +122,35 @@ def test_calico_ipam_and_workload_endpoint(env: tuple[Node, NodeEtcd]) -> None:
 
     assert n.ping(pa, rb.json["ips"][0]["address"].split("/")[0])
     assert n.ping(pa, NODE_IP)
-    assert n.cni("CHECK", {**cf, "prevResult": ra.json}, cid="cid-a", netns=pa,
-                 args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0").rc == 0
+    assert (
+        n.cni(
+            "CHECK",
+            {**cf, "prevResult": ra.json},
+            cid="cid-a",
+            netns=pa,
+            args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
+        ).rc
+        == 0
+    )
 
     # CHECK notices a vanished endpoint record
     etcd.etcdctl("del", key)
-    r = n.cni("CHECK", {**cf, "prevResult": ra.json}, cid="cid-a", netns=pa,
-              args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0")
+    r = n.cni(
+        "CHECK",
+        {**cf, "prevResult": ra.json},
+        cid="cid-a",
+        netns=pa,
+        args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
+    )
     assert r.rc == 1 and "workload endpoint" in r.json["details"]
 
     for _ in range(2):  # DEL twice: both succeed
         r = n.cni("DEL", cf, cid="cid-b", netns=pb, args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-1")
         assert r.rc == 0, r.stdout
-    assert get(etcd, "/calico/resources/v3/projectcalico.org/workloadendpoints/default/n1-k8s-web--1-eth0") is None
+    assert (
+        get(etcd, "/calico/resources/v3/projectcalico.org/workloadendpoints/default/n1-k8s-web--1-eth0")
+        is None
+    )
     assert get(etcd, "/calico/ipam/v2/handle/k8s-pod-network.cid-b") is None
 
     assert n.cni("STATUS", conf(n, etcd, "1.1.0")).rc == 0
@@ -129,10 +160,19 @@ def test_failure_after_record_rolls_back_datastore(env: tuple[Node, NodeEtcd]) -
     n, etcd = env
     cf = conf(n, etcd)
     pa = n.pod("pa")
-    r = n.cni("ADD", cf, cid="cid-a", netns=pa, args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
-              env={"PYCNI_FAULT": "after_record"})
+    r = n.cni(
+        "ADD",
+        cf,
+        cid="cid-a",
+        netns=pa,
+        args="K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0",
+        env={"PYCNI_FAULT": "after_record"},
+    )
     assert r.rc == 1 and r.json["msg"] == "injected fault at after_record"
-    assert get(etcd, "/calico/resources/v3/projectcalico.org/workloadendpoints/default/n1-k8s-web--0-eth0") is None
+    assert (
+        get(etcd, "/calico/resources/v3/projectcalico.org/workloadendpoints/default/n1-k8s-web--0-eth0")
+        is None
+    )
     assert get(etcd, "/calico/ipam/v2/handle/k8s-pod-network.cid-a") is None
     out = etcd.etcdctl("get", "--prefix", "/calico/ipam/v2/assignment/")
     for line in out.splitlines():

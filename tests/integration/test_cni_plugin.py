@@ -42,11 +42,20 @@ def node(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Node]:
 
 def calico_conf(n: Node, version: str = "1.0.0", **extra: Any) -> dict[str, Any]:
     conf = {
-        "cniVersion": version, "name": "k8s-pod-network", "type": "pycni", "mode": "calico",
-        "nodename": "n1", "datastore_type": "none", "mtu": 1450,
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.7.0/24"}]],
-                 "dataDir": str(n.tmp / "ipam")},
-        "agentSocket": str(n.socket), "cacheDir": str(n.tmp / "cache"),
+        "cniVersion": version,
+        "name": "k8s-pod-network",
+        "type": "pycni",
+        "mode": "calico",
+        "nodename": "n1",
+        "datastore_type": "none",
+        "mtu": 1450,
+        "ipam": {
+            "type": "host-local",
+            "ranges": [[{"subnet": "10.244.7.0/24"}]],
+            "dataDir": str(n.tmp / "ipam"),
+        },
+        "agentSocket": str(n.socket),
+        "cacheDir": str(n.tmp / "cache"),
     }
     conf.update(extra)
     return conf
@@ -54,11 +63,18 @@ def calico_conf(n: Node, version: str = "1.0.0", **extra: Any) -> dict[str, Any]
 
 def flannel_conf(n: Node, version: str = "0.3.1", ipmasq: bool = True) -> dict[str, Any]:
     env = n.tmp / "subnet.env"
-    env.write_text("FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n"
-                   f"FLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n")
+    env.write_text(
+        "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\n"
+        f"FLANNEL_IPMASQ={'true' if ipmasq else 'false'}\n"
+    )
     return {
-        "cniVersion": version, "name": "cbr0", "type": "pycni", "mode": "flannel",
-        "subnetFile": str(env), "dataDir": str(n.tmp / "flannel"), "agentSocket": str(n.socket),
+        "cniVersion": version,
+        "name": "cbr0",
+        "type": "pycni",
+        "mode": "flannel",
+        "subnetFile": str(env),
+        "dataDir": str(n.tmp / "flannel"),
+        "agentSocket": str(n.socket),
         "delegate": {"hairpinMode": True, "isDefaultGateway": True},
     }
 
@@ -77,8 +93,12 @@ def ipam_files(d: Path) -> list[str]:
 
 
 def pod_addrs(ns: str) -> list[str]:
-    return [f"{a['local']}/{a['prefixlen']}" for link in ip_json(ns, "addr", "show", "eth0")
-            for a in link.get("addr_info", []) if a["family"] == "inet"]
+    return [
+        f"{a['local']}/{a['prefixlen']}"
+        for link in ip_json(ns, "addr", "show", "eth0")
+        for a in link.get("addr_info", [])
+        if a["family"] == "inet"
+    ]
 
 
 # ----------------------------------------------------------------------------------- calico
@@ -108,7 +128,12 @@ def test_calico_add_check_del(node: Node) -> None:
     hl = node.links()[host]
     assert hl["address"] == "ee:ee:ee:ee:ee:ee" and "UP" in hl["flags"]
     hr = [r for r in node.routes() if r["dst"] == ip_a.split("/")[0]]
-    assert hr and hr[0]["dev"] == host and hr[0]["protocol"] in ("80", "pycni-felix") and hr[0]["scope"] == "link"
+    assert (
+        hr
+        and hr[0]["dev"] == host
+        and hr[0]["protocol"] in ("80", "pycni-felix")
+        and hr[0]["scope"] == "link"
+    )
     for key, want in (("conf/{}/proxy_arp", "1"), ("neigh/{}/proxy_delay", "0"), ("conf/{}/forwarding", "1")):
         path = "/proc/sys/net/ipv4/" + key.format(host)
         got = node_sysctl(node, path)
@@ -141,8 +166,9 @@ def test_calico_add_check_del(node: Node) -> None:
 def node_sysctl(node: Node, path: str) -> str:
     import subprocess
 
-    return subprocess.run(["nsenter", f"--net=/run/netns/{node.ns}", "cat", path], capture_output=True,
-                          text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["nsenter", f"--net=/run/netns/{node.ns}", "cat", path], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_check_reports_what_differs(node: Node) -> None:
@@ -233,8 +259,9 @@ def test_gc_releases_everything_not_valid(node: Node) -> None:
     assert r.rc == 0, r.stdout
     names = {host_veth_name({"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": f"g{i}"}, "") for i in range(3)}
     links = node.links()
-    assert [n for n in names if n in links] == [host_veth_name({"K8S_POD_NAMESPACE": "default",
-                                                                "K8S_POD_NAME": "g1"}, "")]
+    assert [n for n in names if n in links] == [
+        host_veth_name({"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "g1"}, "")
+    ]
     assert len(ipam_files(node.tmp / "ipam" / "k8s-pod-network")) == 1
     assert sorted(os.listdir(node.tmp / "cache")) == ["k8s-pod-network-g1-eth0"]
     # GC needs 1.1.0
@@ -245,8 +272,15 @@ def test_gc_releases_everything_not_valid(node: Node) -> None:
 def test_status(node: Node) -> None:
     conf = calico_conf(node, version="1.1.0")
     assert node.cni("STATUS", conf).rc == 0
-    small = calico_conf(node, version="1.1.0", ipam={"type": "host-local", "dataDir": str(node.tmp / "small"),
-                                                      "ranges": [[{"subnet": "10.244.9.0/30"}]]})
+    small = calico_conf(
+        node,
+        version="1.1.0",
+        ipam={
+            "type": "host-local",
+            "dataDir": str(node.tmp / "small"),
+            "ranges": [[{"subnet": "10.244.9.0/30"}]],
+        },
+    )
     ns = node.pod("s0")
     assert node.cni("ADD", small, cid="s0", netns=ns, args=K8S.format(pod="s0")).rc == 0
     r = node.cni("STATUS", small)
@@ -261,8 +295,10 @@ def test_status(node: Node) -> None:
 # ----------------------------------------------------------------------------------- errors
 
 
-@pytest.mark.parametrize("case", ["malformed", "unknown_version", "missing_env", "bad_netns", "no_command",
-                                  "bad_mode", "missing_version"])
+@pytest.mark.parametrize(
+    "case",
+    ["malformed", "unknown_version", "missing_env", "bad_netns", "no_command", "bad_mode", "missing_version"],
+)
 def test_errors(node: Node, case: str) -> None:
     conf = calico_conf(node)
     pa = node.pod("pa")
@@ -299,14 +335,19 @@ def test_errors(node: Node, case: str) -> None:
 def test_version(node: Node) -> None:
     r = node.cni("VERSION", b"", cid="", netns=None, ifname="")
     assert r.rc == 0
-    assert json.loads(r.stdout) == {"cniVersion": "1.1.0",
-                                    "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]}
+    assert json.loads(r.stdout) == {
+        "cniVersion": "1.1.0",
+        "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"],
+    }
 
 
 def test_conflist_on_stdin(node: Node) -> None:
     plug = calico_conf(node)
-    conflist = {"cniVersion": "1.0.0", "name": "k8s-pod-network",
-                "plugins": [{k: v for k, v in plug.items() if k not in ("cniVersion", "name")}]}
+    conflist = {
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "plugins": [{k: v for k, v in plug.items() if k not in ("cniVersion", "name")}],
+    }
     pa = node.pod("pa")
     r = node.cni("ADD", conflist, cid="ca", netns=pa, args=K8S.format(pod="web-0"))
     assert r.rc == 0, r.stdout
@@ -323,8 +364,13 @@ def test_flannel_add_check_del(node: Node) -> None:
     res = ra.json
     assert res["cniVersion"] == "0.3.1"
     assert [i["name"] for i in res["interfaces"]] == ["cni0", bridge_port_name("fa", "eth0"), "eth0"]
-    assert res["ips"] == [{"version": "4", "address": "10.244.1.2/24", "gateway": "10.244.1.1", "interface": 2}]
-    assert res["routes"] == [{"dst": "10.244.0.0/16", "gw": "10.244.1.1"}, {"dst": "0.0.0.0/0", "gw": "10.244.1.1"}]
+    assert res["ips"] == [
+        {"version": "4", "address": "10.244.1.2/24", "gateway": "10.244.1.1", "interface": 2}
+    ]
+    assert res["routes"] == [
+        {"dst": "10.244.0.0/16", "gw": "10.244.1.1"},
+        {"dst": "0.0.0.0/0", "gw": "10.244.1.1"},
+    ]
     # seed 001's `route -n` in the pod
     routes = {(r["dst"], r.get("gateway")) for r in ip_json(pa, "route")}
     assert routes == {("default", "10.244.1.1"), ("10.244.0.0/16", "10.244.1.1"), ("10.244.1.0/24", None)}
@@ -355,8 +401,12 @@ def test_flannel_ipmasq_when_flanneld_does_not(node: Node) -> None:
     import subprocess
 
     def nat() -> str:
-        return subprocess.run(["nsenter", f"--net=/run/netns/{node.ns}", "iptables-save", "-t", "nat"],
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run(
+            ["nsenter", f"--net=/run/netns/{node.ns}", "iptables-save", "-t", "nat"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     saved = nat()
     assert "-A POSTROUTING -s 10.244.1.2/32" in saved and "MASQUERADE" in saved
