@@ -21,7 +21,12 @@ LANES=("$@")
 [ ${#LANES[@]} -gt 0 ] || LANES=("${ALL_LANES[@]}")
 
 # Labs left by this repository's own earlier runs only (records carry the repo path).
-clean_labs() { "$CTL" lab down --all >/dev/null 2>&1 || echo "warning: lab cleanup failed" >&2; }
+# Only labs whose creating process is gone; PYCNI_LAB_CLEAN=0 skips this (a work tree shared with
+# people running labs by hand).
+clean_labs() {
+  [ "${PYCNI_LAB_CLEAN:-1}" = 0 ] && return 0
+  "$CTL" lab down --all || echo "warning: lab cleanup failed" >&2
+}
 
 lane_lint() {
   "$VENV/bin/ruff" check pycni daemons cni-plugin tests bench && "$VENV/bin/mypy"

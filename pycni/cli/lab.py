@@ -108,7 +108,12 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    names = all_labs(repo=None if args.any_repo else REPO_DIR) if args.all else [args.name]
+    if args.all:
+        names = all_labs(repo=None if args.any_repo else REPO_DIR, in_use=args.in_use)
+        for busy in sorted(set(all_labs(repo=None if args.any_repo else REPO_DIR)) - set(names)):
+            console.print(f"lab {busy}: its creator is still running, left alone (--in-use to remove it)")
+    else:
+        names = [args.name]
     for name in names:
         t0 = time.monotonic()
         removed = Lab(name).down()
@@ -273,6 +278,7 @@ def register(subparsers: Any) -> None:
     p = sub.add_parser("down", parents=[common], help="remove everything the lab made (idempotent)")
     p.add_argument("--all", action="store_true", help="every lab started from this repository")
     p.add_argument("--any-repo", action="store_true", help="with --all: labs from any repository")
+    p.add_argument("--in-use", action="store_true", help="with --all: also labs whose creator still runs")
     p.set_defaults(func=_wrap(cmd_down))
 
     p = sub.add_parser(

@@ -34,7 +34,7 @@ import pycni
 from pycni.errors import Invalid, PycniError
 from pycni.lab import modes as modes_mod
 from pycni.lab import plan
-from pycni.lab.record import RecordFile, empty_record, proc_alive, proc_matches, proc_stat
+from pycni.lab.record import RecordFile, empty_record, proc_alive, proc_cmdline, proc_matches, proc_stat
 
 log = structlog.get_logger(__name__)
 
@@ -267,7 +267,9 @@ class Lab:
         self._mode = mode_obj
         t0 = time.monotonic()
         fresh = empty_record(self.name, REPO_DIR)
-        fresh.update(mode=mode, segments=segments, opts=opts)
+        me = proc_stat(os.getpid())
+        owner = {"pid": os.getpid(), "starttime": me[1] if me else None, "argv": proc_cmdline(os.getpid())}
+        fresh.update(mode=mode, segments=segments, opts=opts, owner=owner)
         self._rf.save(fresh)
         try:
             self._make_underlay(segments)
@@ -869,9 +871,10 @@ class Lab:
         }
 
 
-def all_labs(root: str = plan.RUN_ROOT, repo: str | None = None) -> list[str]:
-    """Names of labs with a record under root (only those started from `repo`, when given), plus
-    names of labs whose hub namespace exists without a record (a crash before the first save)."""
+def all_labs(root: str = plan.RUN_ROOT, repo: str | None = None, *, in_use: bool = True) -> list[str]:
+    """Names of labs with a record under root: only those started from `repo` when given, and,
+    with in_use=False, only those whose creating process is gone (leftovers, not a lab that a
+    running test or another worker is using right now)."""
     names: list[str] = []
     try:
         entries = sorted(os.listdir(root))
@@ -886,6 +889,10 @@ def all_labs(root: str = plan.RUN_ROOT, repo: str | None = None) -> list[str]:
         if rec is None:
             continue
         if repo is not None and rec.get("repo") != repo:
+            continue
+        owner = rec.get("owner")
+        # A record without an owner (older code) counts as in use: never guess someone else's lab away.
+        if not in_use and (not isinstance(owner, dict) or proc_matches(owner)):
             continue
         names.append(name)
     return names
