@@ -116,8 +116,12 @@ def _text(b: bytes) -> str:
     return b.decode("utf-8", errors="replace")
 
 
-def _prefix_end(prefix: str) -> bytes:
-    return bytes(pyetcd.utils.prefix_range_end(prefix.encode()))
+def _span(prefix: str) -> tuple[bytes, bytes]:
+    """The etcd [key, range_end) of a prefix; the empty prefix is the whole keyspace ("\0", "\0")."""
+    if not prefix:
+        return b"\0", b"\0"
+    key = prefix.encode()
+    return key, bytes(pyetcd.utils.prefix_range_end(key))
 
 
 class _Lost(Exception):
@@ -232,7 +236,7 @@ class EtcdDatastore:
 
     def _range(self, prefix: str, revision: int | None = None) -> tuple[list[Versioned], int]:
         resp = self._call(
-            lambda c: c.get_prefix_response(prefix, sort_order="ascend", revision=revision), "list"
+            lambda c: c.get_range_response(*_span(prefix), sort_order="ascend", revision=revision), "list"
         )
         items = [
             Versioned(_text(kv.key), _text(kv.value), int(kv.mod_revision), int(kv.lease)) for kv in resp.kvs
@@ -403,9 +407,8 @@ class EtcdDatastore:
         try:
             for p in prefixes:
                 try:
-                    ids.append(
-                        client.add_watch_prefix_callback(p, q.put, start_revision=rev + 1)
-                    )
+                    start, end = _span(p)
+                    ids.append(client.add_watch_callback(start, q.put, range_end=end, start_revision=rev + 1))
                 except pyetcd.exceptions.RevisionCompactedError as e:
                     raise _Lost(f"compacted at {e.compacted_revision}", unavailable=False) from None
                 except (grpc.RpcError, *_CONNECTION_ERRORS, pyetcd.exceptions.WatchTimedOut) as e:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pycni.datastore import Emit, SyncStatus, Update, Versioned
-from pycni.errors import AlreadyExists, CasConflict, LeaseExpired
+from pycni.errors import AlreadyExists, CasConflict, Invalid, LeaseExpired
 from pycni.testing.clock import Clock, SystemClock
 
 
@@ -51,6 +51,8 @@ class MemoryDatastore:
         self._cond.notify_all()
 
     def _store(self, key: str, value: str, ttl: float | None) -> Versioned:
+        if ttl is not None and ttl <= 0:
+            raise Invalid(f"ttl must be positive, got {ttl}", field="ttl")  # as etcd's adapter says
         old = self._data.get(key)
         if old is not None and old.lease in self._leases:
             self._leases[old.lease].keys.discard(key)

@@ -23,7 +23,7 @@ from typing import Protocol
 import pytest
 
 from pycni.datastore import Datastore, Event, SyncStatus, Update
-from pycni.errors import AlreadyExists, CasConflict, LeaseExpired
+from pycni.errors import AlreadyExists, CasConflict, Invalid, LeaseExpired
 
 
 class Harness(Protocol):
@@ -270,6 +270,15 @@ class DatastoreContract:
         eventually(lambda: ds.get(k("b")) is None, harness.slack, "the put-with-ttl key to expire")
         got = ds.get(k("a"))
         assert got is not None and got.value == "3"
+
+    def test_non_positive_ttl_is_invalid(self, harness: Harness) -> None:
+        ds, k = harness.ds, harness.key
+        for ttl in (0, -1.0):
+            with pytest.raises(Invalid):
+                ds.create(k("a"), "x", ttl=ttl)
+            with pytest.raises(Invalid):
+                ds.put(k("a"), "x", ttl=ttl)
+        assert ds.get(k("a")) is None
 
     # -- sync ----------------------------------------------------------------------------------
     def test_sync_lists_then_watches(self, harness: Harness) -> None:

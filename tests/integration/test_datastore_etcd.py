@@ -239,6 +239,22 @@ def _put_ok(ds: EtcdDatastore, key: str, value: str) -> bool:
     return True
 
 
+def test_empty_prefix_is_the_whole_keyspace() -> None:
+    with EtcdServer() as server:
+        ds = EtcdDatastore(server.endpoint, timeout=2)
+        rec = Recorder()
+        try:
+            ds.put("/a", "1")
+            ds.put("z", "2")
+            assert [v.key for v in ds.list("")] == ["/a", "z"]
+            with syncing(ds, [""], rec):
+                eventually(lambda: rec.in_sync_count() == 1, 5)
+                ds.put("\x7f", "3")
+                eventually(lambda: rec.view() == {"/a": "1", "z": "2", "\x7f": "3"}, 5)
+        finally:
+            ds.close()
+
+
 def test_empty_key_is_invalid(etcd: EtcdServer) -> None:
     ds = EtcdDatastore(etcd.endpoint)
     try:
