@@ -262,3 +262,57 @@ def test_empty_key_is_invalid(etcd: EtcdServer) -> None:
             ds.put("", "v")
     finally:
         ds.close()
+
+
+def test_memory_and_etcd_agree_on_a_random_workload(etcd: EtcdServer) -> None:
+    """Differential check: the same 400 random operations on MemoryDatastore and on etcd give the
+    same results (values, which calls fail and with which error), so the fake stays honest beyond
+    the cases the contract names. Revisions differ in number, so a stale one is the key's previous
+    revision in each store."""
+    import random
+
+    from pycni.datastore.memory import MemoryDatastore
+    from pycni.errors import PycniError
+
+    rnd = random.Random(2026)
+    prefix = f"/pycni-test/diff-{time.monotonic_ns()}/"
+    mem = MemoryDatastore()
+    real = EtcdDatastore(etcd.endpoint, timeout=2)
+    stores: dict[str, Datastore] = {"memory": mem, "etcd": real}
+    history: dict[str, dict[str, list[int]]] = {"memory": {}, "etcd": {}}  # key -> revisions seen
+    keys = [prefix + c for c in "abcde"]
+    try:
+        for step in range(400):
+            key = rnd.choice(keys)
+            op = rnd.choice(["put", "create", "update", "update-stale", "delete", "delete-rev", "get"])
+            results = {}
+            for name, ds in stores.items():
+                revs = history[name].setdefault(key, [])
+                cur = ds.get(key)
+                try:
+                    if op == "put":
+                        out: object = ds.put(key, f"v{step}").value
+                    elif op == "create":
+                        out = ds.create(key, f"v{step}").value
+                    elif op == "update":
+                        out = ds.update(key, f"v{step}", revision=cur.revision if cur else 1).value
+                    elif op == "update-stale":
+                        stale = revs[-2] if len(revs) > 1 else 1
+                        out = ds.update(key, f"v{step}", revision=stale).value
+                    elif op == "delete":
+                        out = ds.delete(key)
+                    elif op == "delete-rev":
+                        out = ds.delete(key, revision=cur.revision if cur else 1)
+                    else:
+                        out = cur.value if cur else None
+                except PycniError as e:
+                    out = type(e).__name__
+                now = ds.get(key)
+                if now is not None and (not revs or revs[-1] != now.revision):
+                    revs.append(now.revision)
+                results[name] = out
+            assert results["memory"] == results["etcd"], (step, op, key, results)
+        listed = {n: [(v.key, v.value) for v in ds.list(prefix)] for n, ds in stores.items()}
+        assert listed["memory"] == listed["etcd"]
+    finally:
+        real.close()
