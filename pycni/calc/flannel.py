@@ -130,7 +130,8 @@ def remote_leases(snapshot: Snapshot, ctx: NodeContext) -> list[Lease]:
         except Invalid as e:
             log.warning("bad lease record ignored", key=key, error=str(e))
             continue
-        if lease.subnet.overlaps(ctx.own.subnet) or lease.attrs.public_ip == ctx.ext_ip:
+        mine = (ctx.ext_ip, ctx.own.attrs.public_ip)
+        if lease.subnet.overlaps(ctx.own.subnet) or lease.attrs.public_ip in mine:
             continue
         if not lease.subnet.subnet_of(ctx.config.network):
             log.warning("lease outside the network ignored", key=key, network=str(ctx.config.network))

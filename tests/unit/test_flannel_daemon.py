@@ -183,3 +183,18 @@ def test_healthz_answers_once_lease_held_and_applied(tmp_path: os.PathLike[str])
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_vtep_mac_survives_a_lost_device_across_restarts(tmp_path: os.PathLike[str]) -> None:
+    clock = FakeClock()
+    ds = MemoryDatastore(clock=clock)
+    ds.put(config_key(), '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}')
+    d = make(ds, clock, str(tmp_path))
+    sync(d, ds)
+    mac = d.nl.link("flannel.1").address  # type: ignore[union-attr]
+    d.nl.link_delete("flannel.1")  # gone while the daemon was down (e.g. a reboot of the netns)
+    d2 = make(ds, clock, str(tmp_path), nl=d.nl)  # type: ignore[arg-type]
+    assert d2.vtep_mac == mac  # taken from our previous lease's VtepMAC
+    sync(d2, ds)
+    assert d2.nl.link("flannel.1").address == mac  # type: ignore[union-attr]
+    assert d2.lease is not None and d.lease is not None and d2.lease.subnet == d.lease.subnet
