@@ -3,9 +3,13 @@
 #
 # kubelet runs /opt/cni/bin/pycni on the *host*, where no suitable Python can be assumed (kind's
 # node image has none). So we copy this image's Python runtime (/usr/local: the interpreter, the
-# stdlib and pycni's site-packages) to /opt/pycni/runtime-<stamp> on the host, switch the
-# /opt/pycni/runtime symlink to it atomically, and install a two-line wrapper as the plugin. kind's
-# node image and python:3.11-slim are both Debian bookworm, so the glibc matches.
+# stdlib and pycni's site-packages) to /opt/pycni/runtime-<stamp> on the host and switch the
+# /opt/pycni/runtime symlink to it atomically. The plugin is pycni's stdlib-only CNI front
+# (pycni/cni/front.py, rendered by pycni.cni.install for these paths) at /opt/pycni/front.py, and
+# /opt/cni/bin/pycni is a two-line sh wrapper that points the loader at the runtime's libpython
+# and execs it. The front hands requests to the node agent's socket (/run/pycni/cni.sock) or
+# falls back to the in-process plugin with the same runtime. kind's node image and
+# python:3.11-slim are both Debian bookworm, so the glibc matches.
 #
 # Every file lands by rename(2) in its own directory: kubelet never sees a half-written plugin or
 # conflist. __ETCD_ENDPOINTS__ and __KUBERNETES_NODE_NAME__ in the conflist are substituted, as
@@ -19,7 +23,9 @@ HOST_PYCNI_DIR=${HOST_PYCNI_DIR:-/host/opt/pycni}
 PYCNI_HOST_PATH=${PYCNI_HOST_PATH:-/opt/pycni}
 PYCNI_RUNTIME_SRC=${PYCNI_RUNTIME_SRC:-/usr/local}
 PYCNI_PYTHON=${PYCNI_PYTHON:-bin/python3}
-CNI_MODULE=${CNI_MODULE:-pycni_cni_main}
+# the interpreter (with pycni importable) that renders the front here, in the container
+BUILD_PYTHON=${BUILD_PYTHON:-python3}
+AGENT_SOCKET=${AGENT_SOCKET:-/run/pycni/cni.sock}
 PLUGIN_NAME=${PLUGIN_NAME:-pycni}
 CNI_CONF_NAME=${CNI_CONF_NAME:-10-pycni.conflist}
 ETCD_ENDPOINTS=${ETCD_ENDPOINTS:-}
@@ -47,13 +53,21 @@ if [ "$PYCNI_RUNTIME_SRC" != "none" ]; then
     log "runtime installed in $PYCNI_HOST_PATH/$new"
 fi
 
-# 2. the plugin: a wrapper that runs pycni's CNI entry point with that runtime
+# 2. the plugin: the CNI front, and the wrapper kubelet runs
+RT="$PYCNI_HOST_PATH/runtime"
+tmp="$HOST_PYCNI_DIR/.front.py.tmp"
+"$BUILD_PYTHON" -c '
+import sys
+from pycni.cni.install import render
+sys.stdout.write(render(fallback_python=sys.argv[1], shebang_python=sys.argv[1], default_socket=sys.argv[2]))
+' "$RT/$PYCNI_PYTHON" "$AGENT_SOCKET" > "$tmp"
+mv -f "$tmp" "$HOST_PYCNI_DIR/front.py"
+
 tmp="$HOST_CNI_BIN_DIR/.$PLUGIN_NAME.tmp"
 cat > "$tmp" <<WRAPPER
 #!/bin/sh
-# installed by pycni install-cni: the pycni CNI plugin
-RT=$PYCNI_HOST_PATH/runtime
-LD_LIBRARY_PATH="\$RT/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "\$RT/$PYCNI_PYTHON" -m $CNI_MODULE "\$@"
+# installed by pycni install-cni: the pycni CNI plugin (front: $PYCNI_HOST_PATH/front.py)
+LD_LIBRARY_PATH="$RT/lib\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$RT/$PYCNI_PYTHON" -IS "$PYCNI_HOST_PATH/front.py" "\$@"
 WRAPPER
 chmod 0755 "$tmp"
 mv -f "$tmp" "$HOST_CNI_BIN_DIR/$PLUGIN_NAME"

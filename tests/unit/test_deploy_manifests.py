@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -297,6 +298,8 @@ def test_configmap_holds_valid_configs() -> None:
     assert calico["etcd_endpoints"] == "__ETCD_ENDPOINTS__"
     assert calico["nodename"] == "__KUBERNETES_NODE_NAME__"
     assert calico["datastore_type"] == "etcdv3"
+    for conf in (calico, json.loads(data["cni-conflist-flannel"])["plugins"][0]):
+        assert conf["agentSocket"] == "/run/pycni/cni.sock"  # where the daemons' --cni-socket listens
     flannel = json.loads(data["cni-conflist-flannel"])["plugins"][0]
     assert flannel["subnetFile"] == "/run/flannel/subnet.env"
 
@@ -341,6 +344,10 @@ def _check_pod_spec(ds: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
+def volumes_by_name(pod: dict[str, Any]) -> dict[str, Any]:
+    return {v["name"]: v for v in pod["volumes"]}
+
+
 def _scripts() -> set[str]:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     return set(pyproject["project"]["scripts"])
@@ -368,6 +375,12 @@ def test_node_daemonsets(name: str, containers: list[str], conflist: str) -> Non
         assert env["NODENAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
         sc = c["securityContext"]
         assert sc.get("privileged") is True or "NET_ADMIN" in sc["capabilities"]["add"]
+        sockets = [a.split("=", 1)[1] for a in c["command"] if a.startswith("--cni-socket=")]
+        if sockets:  # the agent serving the plugin's fast path, on the host path the front dials
+            assert sockets == ["/run/pycni/cni.sock"]
+            (run,) = [m for m in c["volumeMounts"] if m["mountPath"] == "/run/pycni"]
+            assert volumes_by_name(pod)[run["name"]]["hostPath"]["path"] == "/run/pycni"
+    assert sum(any(a.startswith("--cni-socket=") for a in c["command"]) for c in pod["containers"]) == 1
     (install,) = [c for c in pod["initContainers"] if c["name"] == "install-cni"]
     assert install["command"] == ["/usr/local/bin/install-cni.sh"]
     env = {e["name"]: e.get("value") for e in install["env"]}
@@ -396,48 +409,89 @@ def test_dockerfile_installs_what_the_manifests_run() -> None:
         assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
 
 
-def test_install_cni_installs_atomically(tmp_path: Path) -> None:
+def test_install_cni_installs_a_working_plugin(tmp_path: Path) -> None:
+    """Run install-cni.sh into a fake host, then run the installed plugin as kubelet would (VERSION).
+
+    The "image runtime" is a directory whose bin/python3 execs this venv's python, so the whole
+    chain runs for real: sh wrapper -> runtime python -IS front.py -> no agent at the socket ->
+    in-process fallback (runtime python, pycni.cni.skel) -> CNI VERSION JSON on stdout.
+    """
     runtime = tmp_path / "image-usr-local"
     (runtime / "bin").mkdir(parents=True)
-    (runtime / "bin" / "python3").write_text("#!/bin/sh\n")
+    (runtime / "lib").mkdir()
+    py = runtime / "bin" / "python3"
+    py.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    py.chmod(0o755)
     conflist = tmp_path / "conflist"
     conflist.write_text(_config()["cni-conflist-calico"])
     host = tmp_path / "host"
-    env = dict(
-        os.environ,
-        HOST_CNI_BIN_DIR=str(host / "opt/cni/bin"),
-        HOST_CNI_NET_DIR=str(host / "etc/cni/net.d"),
-        HOST_PYCNI_DIR=str(host / "opt/pycni"),
-        PYCNI_RUNTIME_SRC=str(runtime),
-        CNI_CONFLIST_SRC=str(conflist),
-        ETCD_ENDPOINTS="http://10.96.232.136:6666",
-        KUBERNETES_NODE_NAME="kind-worker",
-    )
+    env = {
+        **os.environ,
+        "HOST_CNI_BIN_DIR": str(host / "opt/cni/bin"),
+        "HOST_CNI_NET_DIR": str(host / "etc/cni/net.d"),
+        "HOST_PYCNI_DIR": str(host / "opt/pycni"),
+        "PYCNI_HOST_PATH": str(host / "opt/pycni"),  # the test's "host" is this machine
+        "PYCNI_RUNTIME_SRC": str(runtime),
+        "BUILD_PYTHON": sys.executable,
+        "AGENT_SOCKET": str(tmp_path / "no-agent.sock"),
+        "CNI_CONFLIST_SRC": str(conflist),
+        "ETCD_ENDPOINTS": "http://10.96.232.136:6666",
+        "KUBERNETES_NODE_NAME": "kind-worker",
+    }
     script = str(DEPLOY / "install-cni.sh")
     for _ in range(2):  # re-running (a restarted pod) replaces everything in place
-        p = subprocess.run(["sh", script], env=env, capture_output=True, text=True, timeout=30)
+        p = subprocess.run(["sh", script], env=env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stderr
     plugin = host / "opt/cni/bin/pycni"
     assert os.access(plugin, os.X_OK)
-    wrapper = plugin.read_text()
-    assert "/opt/pycni/runtime" in wrapper and "-m pycni_cni_main" in wrapper
+    front = (host / "opt/pycni/front.py").read_text()
+    assert front.startswith(f"#!{host}/opt/pycni/runtime/bin/python3 -IS")
+    assert f"DEFAULT_SOCKET = '{tmp_path}/no-agent.sock'" in front
     conf = json.loads((host / "etc/cni/net.d/10-pycni.conflist").read_text())
     assert conf["plugins"][0]["etcd_endpoints"] == "http://10.96.232.136:6666"
     assert conf["plugins"][0]["nodename"] == "kind-worker"
     pycni_dir = host / "opt/pycni"
     assert (pycni_dir / "runtime").is_symlink()
-    assert (pycni_dir / "runtime" / "bin" / "python3").exists()
     assert sorted(p.name for p in pycni_dir.iterdir() if p.name.startswith("runtime-")) == [
         os.readlink(pycni_dir / "runtime")
     ], "old runtimes are removed"
     leftovers = [p.name for d in (host / "opt/cni/bin", host / "etc/cni/net.d") for p in d.iterdir()]
     assert sorted(leftovers) == ["10-pycni.conflist", "pycni"], "no temp files left behind"
+    assert sorted(p.name for p in pycni_dir.iterdir() if not p.name.startswith("runtime-")) == [
+        "front.py",
+        "runtime",
+    ]
 
+    # kubelet's view: run the installed plugin
+    run = subprocess.run(
+        [str(plugin)],
+        input=json.dumps({"cniVersion": "1.0.0", "name": "k8s-pod-network", "type": "pycni"}),
+        env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "1.0.0" in json.loads(run.stdout)["supportedVersions"]
+
+
+def test_install_cni_refuses_bad_input(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "HOST_CNI_BIN_DIR": str(tmp_path / "bin"),
+        "HOST_CNI_NET_DIR": str(tmp_path / "net.d"),
+        "HOST_PYCNI_DIR": str(tmp_path / "pycni"),
+        "PYCNI_RUNTIME_SRC": "none",
+        "BUILD_PYTHON": sys.executable,
+    }
+    script = str(DEPLOY / "install-cni.sh")
     bad = tmp_path / "bad"
     bad.write_text("{not json")
     p = subprocess.run(
         ["sh", script], env={**env, "CNI_CONFLIST_SRC": str(bad)}, capture_output=True, text=True
     )
     assert p.returncode == 1 and "not valid JSON" in p.stderr
+    assert not (tmp_path / "net.d" / "10-pycni.conflist").exists()
+    assert os.listdir(tmp_path / "net.d") == [], "the rejected temp file is removed"
     p = subprocess.run(["sh", script], env={**env, "CNI_CONFLIST_SRC": ""}, capture_output=True, text=True)
     assert p.returncode == 1 and "CNI_CONFLIST_SRC" in p.stderr
