@@ -154,13 +154,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     ap.add_argument("--skip-inproc", action="store_true")
     ap.add_argument("--agent-log-level", default="info")
+    ap.add_argument(
+        "--workdir", default="/run", help="where both plugins keep IPAM state (same disk for both)"
+    )
     a = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/cni.py needs root (network namespaces)")
     if not os.access(f"{REF_DIR}/bridge", os.X_OK):
         sys.exit(f"needs the reference plugins in {REF_DIR} (containernetworking-plugins)")
 
-    work = Path(tempfile.mkdtemp(prefix="pyt-bench-cni-"))
+    work = Path(tempfile.mkdtemp(prefix="pyt-bench-cni-", dir=a.workdir))
     bindir = work / "bin"
     plugin = str(install_plugin(bindir))
     sock = work / "agent.sock"

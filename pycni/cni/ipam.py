@@ -48,8 +48,8 @@ class Owner:
 
 class PodIpam(Protocol):
     def assign(self, owner: Owner) -> list[Assigned]: ...
-    def release(self, owner: Owner) -> None: ...
-    def lookup(self, owner: Owner) -> list[IPAddress]: ...
+    def release(self, owner: Owner, hint: Iterable[IPAddress] = ()) -> None: ...
+    def lookup(self, owner: Owner, hint: Iterable[IPAddress] = ()) -> list[IPAddress]: ...
     def release_except(self, network: str, valid: Iterable[tuple[str, str]]) -> list[str]: ...
     def free(self) -> int | None: ...
 
@@ -72,11 +72,12 @@ class HostLocalIpam:
             raise CniError(spec.ERR_INTERNAL, "failed to allocate address", str(e)) from None
         return [Assigned(a.address, a.gateway) for a in allocs]
 
-    def release(self, owner: Owner) -> None:
-        self.store.release(owner.container_id, owner.ifname)
+    def release(self, owner: Owner, hint: Iterable[IPAddress] = ()) -> None:
+        self.store.release(owner.container_id, owner.ifname, [str(h) for h in hint])
 
-    def lookup(self, owner: Owner) -> list[IPAddress]:
-        return [ipaddress.ip_address(n) for n in self.store.lookup(owner.container_id, owner.ifname)]
+    def lookup(self, owner: Owner, hint: Iterable[IPAddress] = ()) -> list[IPAddress]:
+        names = self.store.lookup(owner.container_id, owner.ifname, [str(h) for h in hint])
+        return [ipaddress.ip_address(n) for n in names]
 
     def release_except(self, network: str, valid: Iterable[tuple[str, str]]) -> list[str]:
         return self.store.release_except(valid)
@@ -108,13 +109,13 @@ class BlockIpam:
         # Calico hands the pod a /32 whatever the block size: the pod routes everything via the host.
         return [Assigned(ipaddress.ip_interface((i.ip, i.ip.max_prefixlen))) for i in got]
 
-    def release(self, owner: Owner) -> None:
+    def release(self, owner: Owner, hint: Iterable[IPAddress] = ()) -> None:
         try:
             self.allocator.release_by_handle(owner.handle)
         except (Transient, Unavailable) as e:
             raise CniError(spec.ERR_TRY_AGAIN_LATER, "IPAM datastore busy or unreachable", str(e)) from None
 
-    def lookup(self, owner: Owner) -> list[IPAddress]:
+    def lookup(self, owner: Owner, hint: Iterable[IPAddress] = ()) -> list[IPAddress]:
         return list(self.allocator.ips_by_handle(owner.handle))
 
     def release_except(self, network: str, valid: Iterable[tuple[str, str]]) -> list[str]:

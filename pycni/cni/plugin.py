@@ -545,6 +545,7 @@ class CniPlugin:
                     log.debug("pod side teardown", error=str(e))
                 finally:
                     os.close(nsfd)
+        hint = [ipaddress.ip_interface(i["address"]).ip for i in (entry.get("result") or {}).get("ips", [])]
         try:
             fenv = None
             if nc.mode == "flannel":
@@ -553,9 +554,11 @@ class CniPlugin:
                 except CniError:
                     fenv = None
             if nc.mode == "flannel" and fenv is None:
-                host_local.HostLocalStore(nc.ipam_data_dir, nc.name).release(a.container_id, a.ifname)
+                host_local.HostLocalStore(nc.ipam_data_dir, nc.name).release(
+                    a.container_id, a.ifname, [str(h) for h in hint]
+                )
             else:
-                self._ipam(nc, fenv).release(self._owner(nc, a))
+                self._ipam(nc, fenv).release(self._owner(nc, a), hint)
         except CniError as e:
             errors.append((e.code, f"{e.msg}: {e.details}" if e.details else e.msg))
         except PycniError as e:
@@ -606,7 +609,7 @@ class CniPlugin:
         fenv = read_subnet_env(nc.subnet_file) if nc.mode == "flannel" else None
         want = {ipaddress.ip_interface(i["address"]).ip for i in prev.get("ips", [])}
         try:
-            have = set(self._ipam(nc, fenv).lookup(self._owner(nc, a)))
+            have = set(self._ipam(nc, fenv).lookup(self._owner(nc, a), want))
         except CniError as e:
             problems.append(f"IPAM: {e.msg}")
         else:

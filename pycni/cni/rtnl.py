@@ -52,6 +52,7 @@ RTEXT_FILTER_SKIP_STATS = 1 << 3
 IFA_ADDRESS, IFA_LOCAL, IFA_BROADCAST = 1, 2, 4
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PRIORITY, RTA_TABLE = 1, 4, 5, 6, 15
 RTN_UNICAST = 1
+RTM_F_FIB_MATCH = 0x2000
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTPROT_BOOT, RTPROT_KERNEL = 3, 2
 MAIN_TABLE = 254
@@ -379,6 +380,20 @@ class Rtnl:
             raise
         return True
 
+    def route_get(self, dst: ipaddress.IPv4Address | ipaddress.IPv6Address) -> RouteInfo | None:
+        """The main-table entry the kernel would use for `dst` (`ip route get fibmatch`), O(1)."""
+        fam = socket.AF_INET if dst.version == 4 else socket.AF_INET6
+        body = _RTM.pack(fam, dst.max_prefixlen, 0, 0, 0, 0, 0, 0, RTM_F_FIB_MATCH) + attr(
+            RTA_DST, dst.packed
+        )
+        try:
+            msgs = self._collect(RTM_GETROUTE, 0, body, f"get route {dst}")
+        except NetlinkError as e:
+            if e.errno in (101, 113, 3, 2, 19):  # ENETUNREACH, EHOSTUNREACH, ESRCH, ENOENT, ENODEV
+                return None
+            raise
+        return _parse_route(msgs[0][1]) if msgs else None
+
     def routes(self, family: int = socket.AF_INET) -> list[RouteInfo]:
         out = []
         body = _RTM.pack(family, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -409,6 +424,24 @@ class Rtnl:
                 )
             )
         return out
+
+
+def _parse_route(m: bytes) -> RouteInfo:
+    fam, dlen, _sl, _tos, table, proto, scope, _rtype, _fl = _RTM.unpack_from(m, 0)
+    a = parse_attrs(m, _RTM.size, len(m))
+    if RTA_TABLE in a:
+        table = struct.unpack("=I", a[RTA_TABLE])[0]
+    raw = a.get(RTA_DST)
+    base = ipaddress.ip_address(raw) if raw else ipaddress.ip_address(0 if fam == socket.AF_INET else "::")
+    gw = a.get(RTA_GATEWAY)
+    return RouteInfo(
+        dst=ipaddress.ip_network((base, dlen)),
+        gateway=str(ipaddress.ip_address(gw)) if gw else None,
+        oif=struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0,
+        scope=scope,
+        proto=proto,
+        table=table,
+    )
 
 
 def _parse_link(m: bytes) -> LinkInfo:

@@ -346,12 +346,11 @@ def _check_host(host: Rtnl, host_name: str, prev: dict[str, Any], mode: str, bri
     if mode == "calico":
         if hl.mac != CALI_HOST_MAC:
             problems.append(f"{host_name} has MAC {hl.mac}, not {CALI_HOST_MAC}")
-        have = {str(r.dst) for r in host.routes() if r.oif == hl.index}
         for ip in prev.get("ips", []):
             addr = ipaddress.ip_interface(ip["address"])
-            dst = str(ipaddress.ip_network((addr.ip, addr.ip.max_prefixlen)))
-            if dst not in have:
-                problems.append(f"host route {dst} dev {host_name} is missing")
+            r = host.route_get(addr.ip)
+            if r is None or r.oif != hl.index or r.dst.prefixlen != addr.ip.max_prefixlen:
+                problems.append(f"host route {addr.ip}/{addr.ip.max_prefixlen} dev {host_name} is missing")
         if sysctl_read(f"net/ipv4/conf/{host_name}/proxy_arp") != "1":
             problems.append(f"proxy_arp is off on {host_name}")
     else:

@@ -16,6 +16,7 @@ are skipped; /31 and /32 are rejected as too small, as the reference does. Relea
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import ipaddress
 import os
@@ -225,17 +226,40 @@ class HostLocalStore:
         except FileNotFoundError:
             pass
 
-    def release(self, cid: str, ifname: str) -> list[str]:
-        """Release every address held by (cid, ifname); idempotent; returns what was freed."""
-        if not self.dir.is_dir():
-            return []
-        with self.locked():
-            freed = self._find(cid, ifname)
+    def _mine(self, name: str, cid: str, ifname: str) -> bool:
+        owner = self._owner(name)
+        return owner is not None and owner[0] == cid and owner[1] in (ifname, "")
+
+    def release(self, cid: str, ifname: str, hint: Iterable[str] = ()) -> list[str]:
+        """Release every address held by (cid, ifname); idempotent; returns what was freed.
+
+        `hint` (the addresses the ADD result recorded) is checked first: when one of them is ours
+        the attachment's files are known and the O(pods) scan of every file is skipped.
+        """
+        with contextlib.suppress(FileNotFoundError), self.locked_existing():
+            freed = [h for h in hint if self._mine(h, cid, ifname)]
+            if not freed:
+                freed = self._find(cid, ifname)
             for name in freed:
                 self._unlink(name)
             return freed
+        return []
 
-    def lookup(self, cid: str, ifname: str) -> list[str]:
+    @contextmanager
+    def locked_existing(self) -> Iterator[None]:
+        """Like `locked()`, but FileNotFoundError when the directory does not exist (nothing to do)."""
+        fd = os.open(f"{self._d}/lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def lookup(self, cid: str, ifname: str, hint: Iterable[str] = ()) -> list[str]:
+        """Addresses held by (cid, ifname); with `hint`, only those of the hinted that are ours."""
+        hint = list(hint)
+        if hint:
+            return [h for h in hint if self._mine(h, cid, ifname)]
         if not self.dir.is_dir():
             return []
         return self._find(cid, ifname)
