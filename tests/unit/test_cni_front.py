@@ -197,3 +197,26 @@ def test_result_cache(tmp_path: Path) -> None:
     assert rc.get("n", "d", "eth0") is None
     assert [e["containerId"] for e in rc.entries("n")] == ["c"]
     assert rc.delete("n", "c", "eth0") and not rc.delete("n", "c", "eth0")
+
+
+def test_real_server_serves_the_front(plugin: Path, tmp_path: Path) -> None:
+    from pycni.cni.server import CniServer
+
+    sock = tmp_path / "agent.sock"
+    with CniServer(sock, workers=2) as server:
+        conf = b'{"cniVersion": "1.0.0", "agentSocket": "' + str(sock).encode() + b'", nope'
+        p = run_front(plugin, {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x"}, conf)
+        assert p.returncode == 1 and json.loads(p.stdout)["code"] == 6
+        conf = json.dumps(
+            {"cniVersion": "0.3.1", "name": "n", "agentSocket": str(sock), "mode": "weave"}
+        ).encode()
+        p = run_front(plugin, {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c"}, conf)
+        assert p.returncode == 1
+        assert json.loads(p.stdout) == {
+            "cniVersion": "0.3.1",
+            "code": 7,
+            "msg": "unknown mode 'weave'",
+            "details": "mode is 'calico' or 'flannel'",
+        }
+        assert server.plugin is not None
+    assert not sock.exists()
