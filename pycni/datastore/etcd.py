@@ -164,8 +164,15 @@ class EtcdDatastore:
         return f"EtcdDatastore({eps})"
 
     # -- plumbing ------------------------------------------------------------------------------
-    def _call(self, fn: Callable[[Any], T], what: str) -> T:
-        """Run `fn(client)` on the current endpoint, failing over in order; Unavailable if none."""
+    def _call(self, fn: Callable[[Any], T], what: str, *, write: bool = False) -> T:
+        """Run `fn(client)` on the current endpoint, failing over in order; Unavailable if none.
+
+        Reads fail over on any connection error. A write fails over only when the request provably
+        never left (connection refused); after a timeout or a dropped stream it may have been
+        applied, and replaying a create or CAS elsewhere would turn our own success into
+        AlreadyExists / CasConflict, so it raises Unavailable ("outcome unknown") for the caller
+        to re-read.
+        """
         if self._closed:
             raise Unavailable(f"etcd {what}: client closed")
         with self._lock:
@@ -179,6 +186,8 @@ class EtcdDatastore:
             except (grpc.RpcError, *_CONNECTION_ERRORS) as e:
                 last = e
                 log.debug("etcd endpoint failed", op=what, endpoint=self._label(idx), error=_why(e))
+                if write and not _never_sent(e):
+                    raise Unavailable(f"etcd {what}: outcome unknown ({_why(e)})") from None
                 continue
             if idx != start:
                 with self._lock:
@@ -223,7 +232,7 @@ class EtcdDatastore:
             rev = int(responses[0].response_put.header.revision)
             return True, Versioned(key, value, rev, lease)
 
-        return self._call(op, "txn put")
+        return self._call(op, "txn put", write=True)
 
     # -- Datastore -----------------------------------------------------------------------------
     def get(self, key: str) -> Versioned | None:
@@ -273,14 +282,14 @@ class EtcdDatastore:
                 raise
             return Versioned(key, value, int(resp.header.revision), lease)
 
-        v = self._call(op, "put")
+        v = self._call(op, "put", write=True)
         log.info("etcd key put", key=key, revision=v.revision, lease=v.lease)
         return v
 
     def delete(self, key: str, *, revision: int | None = None) -> bool:
         _check_key(key)
         if revision is None:
-            deleted = bool(self._call(lambda c: c.delete(key), "delete"))
+            deleted = bool(self._call(lambda c: c.delete(key), "delete", write=True))
             if deleted:
                 log.info("etcd key deleted", key=key)
             return deleted
@@ -293,7 +302,7 @@ class EtcdDatastore:
             )
             return bool(ok)
 
-        if not self._call(op, "txn delete"):
+        if not self._call(op, "txn delete", write=True):
             raise CasConflict(f"{key}: revision {revision} is not current")
         log.info("etcd key deleted", key=key, revision=revision)
         return True
@@ -444,9 +453,32 @@ class EtcdDatastore:
                     pass
 
 
+def _grpc_cause(e: BaseException | None) -> grpc.RpcError | None:
+    """The gRPC error behind `e` (pyetcd re-raises its own exception class inside the handler)."""
+    while e is not None:
+        if isinstance(e, grpc.RpcError):
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _never_sent(e: BaseException) -> bool:
+    if isinstance(e, pyetcd.exceptions.NoServerAvailableError):
+        return True
+    cause = _grpc_cause(e)
+    if cause is None or not hasattr(cause, "code"):
+        return False
+    details = (cause.details() or "").lower() if hasattr(cause, "details") else ""
+    return bool(
+        cause.code() == grpc.StatusCode.UNAVAILABLE
+        and ("failed to connect" in details or "connection refused" in details)
+    )
+
+
 def _why(e: BaseException | None) -> str:
-    if isinstance(e, grpc.RpcError):
-        code = e.code() if hasattr(e, "code") else None
-        details = e.details() if hasattr(e, "details") else ""
+    cause = _grpc_cause(e)
+    if cause is not None and hasattr(cause, "code"):
+        code = cause.code()
+        details = cause.details() if hasattr(cause, "details") else ""
         return f"{getattr(code, 'name', code)}: {details}"
     return f"{type(e).__name__}: {e}" if e is not None else "unknown"

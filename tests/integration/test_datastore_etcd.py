@@ -316,3 +316,27 @@ def test_memory_and_etcd_agree_on_a_random_workload(etcd: EtcdServer) -> None:
         assert listed["memory"] == listed["etcd"]
     finally:
         real.close()
+
+
+def test_a_write_with_unknown_outcome_is_not_replayed_elsewhere(etcd: EtcdServer) -> None:
+    """Endpoint A hangs (SIGSTOP): a write to it may or may not have been applied, so it must not
+    be replayed on B (a replayed create would report our own success as AlreadyExists). Reads
+    fail over; a write fails over only when A provably never got it (connection refused)."""
+    with EtcdServer() as a:
+        ds = EtcdDatastore([a.endpoint, etcd.endpoint], timeout=0.5)
+        try:
+            assert ds.get("/pycni-test/ambiguous/k") is None  # connected to A
+            a.pause()
+            with pytest.raises(Unavailable, match="outcome unknown"):
+                ds.create("/pycni-test/ambiguous/k", "v")
+            b_only = EtcdDatastore(etcd.endpoint)
+            assert _get_or_none(b_only, "/pycni-test/ambiguous/k") is None
+            b_only.close()
+            assert ds.get("/pycni-test/ambiguous/k") is None  # the read failed over to B
+            a.resume()
+            a.stop()  # now refused: provably not sent, so a write may go to B
+            v = ds.create("/pycni-test/ambiguous/k2", "v")
+            assert ds.get("/pycni-test/ambiguous/k2") == v
+        finally:
+            a.resume()
+            ds.close()
