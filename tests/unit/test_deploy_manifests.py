@@ -409,6 +409,16 @@ def test_dockerfile_installs_what_the_manifests_run() -> None:
         assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
 
 
+def test_route_protocol_names_match_the_constants() -> None:
+    from pycni.constants import RT_PROTO_NAMES
+
+    lines = (DEPLOY / "rt_protos.d" / "pycni.conf").read_text().splitlines()
+    table = dict(ln.split() for ln in lines if ln and not ln.startswith("#"))
+    assert {int(k): v for k, v in table.items()} == RT_PROTO_NAMES
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "COPY deploy/rt_protos.d/pycni.conf /etc/iproute2/rt_protos.d/pycni.conf" in text
+
+
 def test_install_cni_installs_a_working_plugin(tmp_path: Path) -> None:
     """Run install-cni.sh into a fake host, then run the installed plugin as kubelet would (VERSION).
 
