@@ -17,11 +17,12 @@ flannel and Calico use it, so their tools read what we write:
   synthesises `Update(key, None, rev)` for keys that vanished meanwhile, re-emits only keys whose
   mod revision changed, and says IN_SYNC again.
 
-Client quirks handled here (each cost an outage in testing):
+Client quirks handled here (read in the client's source; the last two measured with SIGSTOP/restart):
 * `pyetcd.client()` builds an `Endpoint` with `time_retry=300`: after a single UNAVAILABLE every call
   raises `ValueError('Trying to use a failed node')` for five minutes. We build our endpoints with
   `time_retry=0` and do failover ourselves, trying the endpoints in the order given (sticky on the
-  last one that answered).
+  last one that answered). Reads fail over on any connection error; writes only when provably
+  unsent (see `_call`), since replaying an applied create/CAS elsewhere would misreport it.
 * gRPC's default reconnect back-off grows to 120 s, so a client would stay "unavailable" long after
   etcd came back; we cap it at 2 s. Keepalive pings (every `keepalive` s, timing out after half
   that) break a watch stream whose peer froze or vanished without a FIN.
