@@ -24,7 +24,8 @@ Modes:
   which runs without ipip); meant for `--segments 2`: direct inside a segment, tunnelled across.
 
 Options (`Lab.up(**opts)`): `route_reflectors` (int), `encap` ("ipip" | "vxlan", crosssubnet only),
-`resync` (felix route refresh seconds), `pool` (CIDR), `mtu` (workload MTU override).
+`resync` (felix route refresh seconds), `pool` (CIDR), `mtu` (workload MTU override), `bgp`
+(false: felix only, even in the BGP modes; IPIP routes are felix's anyway).
 """
 
 from __future__ import annotations
@@ -119,7 +120,8 @@ class CalicoMode:
 
     def _uses_bgp(self, lab: Lab) -> bool:
         ipip, vxlan = self._encaps(lab)
-        return self.bgp and vxlan == c.ENCAP_NEVER
+        wanted = str(lab.opts.get("bgp", "true")).lower() not in ("0", "false", "no", "off")
+        return self.bgp and wanted and vxlan == c.ENCAP_NEVER
 
     def _rr_count(self, lab: Lab) -> int:
         try:
@@ -197,10 +199,9 @@ class CalicoMode:
             node.netns, [f"route replace default via {plan.router_ip(node.segment)} dev eth0 onlink"]
         )
         os.makedirs(os.path.join(node.dir, "run"), exist_ok=True)
+        # Only felix here, so the nodes' felixes start in parallel; bgpd follows in wait_ready,
+        # once this node's felix has registered the Node bgpd needs.
         self.start_felix(lab, node)
-        if self._uses_bgp(lab):
-            self._wait_node_registered(lab, node, 30.0)
-            self.start_bgpd(lab, node)
 
     def start_felix(self, lab: Lab, node: LabNode) -> int:
         """Spawn pycni-felix on a node (also used by tests to restart it)."""
@@ -300,10 +301,17 @@ class CalicoMode:
                 raise TimeoutError(f"{node.name}: pycni-felix not ready after {timeout}s")
             time.sleep(0.05)
         if self._uses_bgp(lab):
+            if lab.pid(node, BGPD) is None:
+                self._wait_node_registered(lab, node, max(1.0, deadline - time.monotonic()))
+                self.start_bgpd(lab, node)
             self._wait_bgp(lab, node, deadline)
 
     def _wait_bgp(self, lab: Lab, node: LabNode, deadline: float) -> None:
-        """Ready when bgpd says so and every one of its BGP sessions is established."""
+        """Ready when bgpd says so and its sessions with every node already running bgpd are up.
+
+        Nodes become ready in order, so the last one checks its sessions with all the others and
+        every pair of the mesh has been seen established by one of its two ends.
+        """
         from pycni.bgp.status import query
 
         sock = os.path.join(node.dir, "run/bgp/status.sock")
@@ -312,9 +320,11 @@ class CalicoMode:
             if lab.pid(node, BGPD) is None:
                 raise Invalid(f"{node.name}: pycni-bgpd is not running; see {node.dir}/log/{BGPD}.log")
             doc = query(sock) if os.path.exists(sock) else None
-            alone = len(lab.nodes) < 2
-            if doc and doc.get("ready") and (alone or doc.get("peers")):
-                if all(p.get("state") == "up" for p in doc.get("peers", [])):
+            others = {n.ip for n in lab.nodes if n.name != node.name and lab.pid(n, BGPD) is not None}
+            if doc and doc.get("live", True):
+                state = {str(p.get("address")): p.get("state") for p in doc.get("peers", [])}
+                mine = [v for k, v in state.items() if k in others]
+                if (not others or mine) and all(v == "up" for v in mine):
                     return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{node.name}: BGP sessions not established: {json.dumps(doc)}")
