@@ -87,6 +87,17 @@ def test_host_gw(lab: Lab) -> None:
         assert got == {subnets[o]: (nodes[o].ip, "eth0") for o in nodes if o != n}, n
         env = subnet_env.parse(FlannelMode.subnet_file(nodes[n]))
         assert env.mtu == 1500 and env.ipmasq
+    # ip-masq: pod traffic leaving the cluster network is masqueraded, pod-to-pod is not
+    def counters() -> list[int]:
+        out = lab.exec("n1", ["iptables", "-t", "nat", "-L", "FLANNEL-POSTRTG", "-n", "-v", "-x"]).stdout
+        return [int(line.split()[0]) for line in out.splitlines()[2:] if line.strip()]
+
+    before = counters()
+    pod_n2 = next(p for p in lab.pods if p.node == "n2")
+    assert lab.ping("n1/a", str(pod_n2.ip)) and lab.ping("n1/a", nodes["n2"].ip)
+    delta = [a - b for a, b in zip(counters(), before, strict=True)]
+    assert delta[1] >= 1, delta  # -s <own subnet> -d <cluster> RETURN: pod to pod, not masqueraded
+    assert delta[4] >= 1, delta  # -s <cluster> ! -d 224.0.0.0/4 MASQUERADE: pod to the underlay
     # a route deleted by hand comes back
     lab.exec("n1", ["ip", "route", "del", subnets["n2"]])
     wait_for(lambda: subnets["n2"] in flannel_routes(lab, "n1"), 8, "route repaired")
