@@ -192,7 +192,10 @@ class Flanneld:
         o = self.opts
         cfg = self.config = self.read_config()
         iface, addr, mtu = self.find_iface()
-        public_ip = ipaddress.IPv4Address(o.public_ip) if o.public_ip else addr.ip
+        try:
+            public_ip = ipaddress.IPv4Address(o.public_ip) if o.public_ip else addr.ip
+        except ValueError:
+            raise Invalid(f"--public-ip {o.public_ip!r} is not an IPv4 address", field="public-ip") from None
         if cfg.backend.type == "host-gw" and public_ip != addr.ip:
             raise FatalError(f"host-gw: PublicIP {public_ip} differs from interface IP {addr.ip} "
                              "(probably you're on a NAT)")
