@@ -262,7 +262,11 @@ class Flanneld:
 
     def lease_loop(self) -> None:
         assert self.leases is not None
+        notified = False
         while not self.stop.is_set():
+            if not notified and self.agent is not None and self.agent.applied_once:
+                notified = True
+                sd_notify("READY=1")
             due = self.leases.renew_at()
             wait = 1.0 if due is None else max(0.05, min(1.0, due - self.clock.now()))
             if self.stop.wait(wait):
@@ -327,6 +331,26 @@ def default_bindings(d: Flanneld) -> list[Binding[FlannelSpec]]:
     from pycni.flannel.bindings import bindings
 
     return bindings(d)
+
+
+def sd_notify(state: str) -> bool:
+    """systemd's sd_notify (flannel sends READY=1 once up); a no-op without NOTIFY_SOCKET."""
+    import os
+    import socket
+
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(state.encode(), addr)
+    except OSError as e:
+        log.warning("sd_notify failed", error=str(e))
+        return False
+    log.info("sd_notify", state=state)
+    return True
 
 
 def _start_cni_server(path: str) -> Any:

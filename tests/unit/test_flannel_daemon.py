@@ -198,3 +198,18 @@ def test_vtep_mac_survives_a_lost_device_across_restarts(tmp_path: os.PathLike[s
     sync(d2, ds)
     assert d2.nl.link("flannel.1").address == mac  # type: ignore[union-attr]
     assert d2.lease is not None and d.lease is not None and d2.lease.subnet == d.lease.subnet
+
+
+def test_sd_notify(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from pycni.flannel.daemon import sd_notify
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sd_notify("READY=1") is False
+    path = os.path.join(str(tmp_path), "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert sd_notify("READY=1") is True
+        assert s.recv(64) == b"READY=1"
