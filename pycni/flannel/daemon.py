@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -335,9 +337,6 @@ def default_bindings(d: Flanneld) -> list[Binding[FlannelSpec]]:
 
 def sd_notify(state: str) -> bool:
     """systemd's sd_notify (flannel sends READY=1 once up); a no-op without NOTIFY_SOCKET."""
-    import os
-    import socket
-
     addr = os.environ.get("NOTIFY_SOCKET")
     if not addr:
         return False
