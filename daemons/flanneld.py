@@ -41,6 +41,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--etcd-prefix", default=_env("etcd-prefix", DEFAULT_PREFIX))
     p.add_argument("--iface", action="append", default=None,
                    help="interface (name or IP) to use for inter-host traffic (repeatable)")
+    p.add_argument("--iface-regex", default=_env("iface-regex", ""),
+                   help="regex matched against interface names and addresses")
+    p.add_argument("--iface-can-reach", default=_env("iface-can-reach", ""),
+                   help="use the interface the kernel would use to reach this address")
     p.add_argument("--public-ip", default=_env("public-ip", ""))
     _bool_flag(p, "ip-masq", False, "set up IP masquerade for traffic leaving the flannel network")
     _bool_flag(p, "ip-masq-fully-random-disable", False, "do not use --random-fully in MASQUERADE rules")
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     iface = args.iface if args.iface is not None else [s for s in _env("iface", "").split(",") if s]
     opts = Options(
         etcd_endpoints=args.etcd_endpoints, etcd_prefix=args.etcd_prefix, iface=iface,
+        iface_regex=args.iface_regex, iface_can_reach=args.iface_can_reach,
         public_ip=args.public_ip, ip_masq=args.ip_masq,
         ip_masq_random_fully=not args.ip_masq_fully_random_disable,
         iptables_forward_rules=args.iptables_forward_rules, iptables_resync=args.iptables_resync,

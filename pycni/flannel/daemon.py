@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -70,6 +71,8 @@ class Options:
     etcd_endpoints: str = "http://127.0.0.1:4001,http://127.0.0.1:2379"
     etcd_prefix: str = DEFAULT_PREFIX
     iface: list[str] = field(default_factory=list)
+    iface_regex: str = ""
+    iface_can_reach: str = ""
     public_ip: str = ""
     ip_masq: bool = False
     ip_masq_random_fully: bool = True
@@ -161,7 +164,24 @@ class Flanneld:
             for link in nl.links():
                 if any(a.ip == ip for a in nl.addrs(link.name)):
                     cands.append(link.name)
-        if not self.opts.iface:
+        if self.opts.iface_regex:
+            try:
+                rx = re.compile(self.opts.iface_regex)
+            except re.error as e:
+                raise Invalid(f"--iface-regex: {e}", field="iface-regex") from None
+            for link in nl.links():
+                if rx.search(link.name) or any(rx.search(str(a.ip)) for a in nl.addrs(link.name)):
+                    cands.append(link.name)
+        if self.opts.iface_can_reach:
+            try:
+                target = ipaddress.IPv4Address(self.opts.iface_can_reach)
+            except ValueError:
+                raise Invalid(f"--iface-can-reach {self.opts.iface_can_reach!r} is not an IPv4 address",
+                              field="iface-can-reach") from None
+            r = nl.route_get(target)
+            if r is not None and r.oif:
+                cands.append(r.oif)
+        if not (self.opts.iface or self.opts.iface_regex or self.opts.iface_can_reach):
             for r in nl.routes():
                 if r.dst.prefixlen == 0 and r.dst.version == 4 and r.oif:
                     cands.append(r.oif)

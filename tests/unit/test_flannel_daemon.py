@@ -213,3 +213,19 @@ def test_sd_notify(tmp_path: os.PathLike[str], monkeypatch: pytest.MonkeyPatch) 
         monkeypatch.setenv("NOTIFY_SOCKET", path)
         assert sd_notify("READY=1") is True
         assert s.recv(64) == b"READY=1"
+
+
+def test_iface_selection_by_regex_and_reachability(tmp_path: os.PathLike[str]) -> None:
+    nl = node_nl()
+    nl.link_add(Link(name="ens4", kind="dummy", mtu=9000))
+    nl.addr_add("ens4", ipaddress.IPv4Interface("192.168.7.5/24"))
+    nl.link_set("ens4", up=True)
+    ds = MemoryDatastore()
+    d = Flanneld(Options(iface_regex="^ens"), ds, nl)
+    assert d.find_iface()[0] == "ens4" and d.find_iface()[2] == 9000
+    d = Flanneld(Options(iface_can_reach="192.168.7.77"), ds, nl)
+    assert d.find_iface()[:2] == ("ens4", ipaddress.IPv4Interface("192.168.7.5/24"))
+    d = Flanneld(Options(iface=["10.99.0.11"]), ds, nl)
+    assert d.find_iface()[0] == "eth0"
+    with pytest.raises(Invalid):
+        Flanneld(Options(iface_regex="("), ds, nl).find_iface()
