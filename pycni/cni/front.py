@@ -3,7 +3,7 @@
 
 This file is installed as `/opt/cni/bin/pycni` by `pycni.cni.install` (which fills in the two
 constants below). kubelet runs it once per pod operation, so it must start in a few milliseconds:
-it imports only interpreter built-ins (`_socket`, `posix`, `sys`; no `socket`, `json` or `os`,
+it imports only interpreter built-ins (`_socket`, `posix`; no `socket`, `json` or `os`,
 whose imports alone cost ~20 ms here) and runs with `-I -S` (no site, no user paths).
 
 Protocol on the agent's unix socket (config key `agentSocket`, default /run/pycni/cni.sock):
@@ -17,7 +17,6 @@ outcome is unknown, so we answer code 11 (try again later) rather than redo half
 
 import _socket
 import posix
-import sys
 
 FALLBACK_PYTHON = "/usr/bin/python3"  # replaced at install time by the venv's interpreter
 DEFAULT_SOCKET = "/run/pycni/cni.sock"
@@ -100,11 +99,12 @@ def main() -> None:
             '"details": "container ' + cid + ': the outcome is unknown; try again"}\n'
         )
         posix.write(1, msg.encode())
-        sys.exit(1)
+        posix._exit(1)
     out = resp[2:]
     while out:
         out = out[posix.write(1, out) :]
-    sys.exit(resp[1])
+    # _exit: skip interpreter finalisation (~1.5 ms of CPU here); stdout was written unbuffered.
+    posix._exit(resp[1])
 
 
 if __name__ == "__main__":

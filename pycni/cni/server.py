@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import queue
 import signal
 import socket
 import struct
@@ -42,23 +41,32 @@ ANSWERED, FALLBACK = 0, 1
 _PEERCRED = struct.Struct("3i")
 
 
-def _recv_exact(conn: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        c = conn.recv(n - len(buf))
-        if not c:
-            raise ConnectionError("short read")
-        buf += c
-    return bytes(buf)
+class _Reader:
+    """Buffered exact reads: one recv() usually holds the whole request."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.buf = b""
+        self.off = 0
+
+    def take(self, n: int) -> bytes:
+        while len(self.buf) - self.off < n:
+            c = self.conn.recv(max(65536, n))
+            if not c:
+                raise ConnectionError("short read")
+            self.buf = self.buf[self.off :] + c
+            self.off = 0
+        out = self.buf[self.off : self.off + n]
+        self.off += n
+        return out
 
 
 def read_request(conn: socket.socket) -> tuple[dict[str, str], bytes]:
-    if _recv_exact(conn, 6) != MAGIC:
+    r = _Reader(conn)
+    if r.take(6) != MAGIC:
         raise ValueError("bad magic")
-    n = int.from_bytes(_recv_exact(conn, 4), "little")
-    env_blob = _recv_exact(conn, n) if n else b""
-    m = int.from_bytes(_recv_exact(conn, 4), "little")
-    stdin = _recv_exact(conn, m) if m else b""
+    env_blob = r.take(int.from_bytes(r.take(4), "little"))
+    stdin = r.take(int.from_bytes(r.take(4), "little"))
     env: dict[str, str] = {}
     for item in env_blob.split(b"\0"):
         k, sep, v = item.partition(b"=")
@@ -84,7 +92,6 @@ class CniServer:
         self._workers = workers
         self._sock: socket.socket | None = None
         self._threads: list[threading.Thread] = []
-        self._queue: queue.SimpleQueue[socket.socket | None] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._netns_ino = os.stat("/proc/self/ns/net").st_ino
 
@@ -101,9 +108,8 @@ class CniServer:
         os.chmod(self.socket_path, 0o600)
         s.listen(256)
         self._sock = s
-        t = threading.Thread(target=self._accept_loop, name="pycni-cni-accept", daemon=True)
-        t.start()
-        self._threads.append(t)
+        # Every worker blocks in accept() on the one listening socket: the kernel hands each
+        # connection to one idle worker, with no queue or extra thread switch in between.
         for i in range(self._workers):
             w = threading.Thread(target=self._worker, name=f"pycni-cni-{i}", daemon=True)
             w.start()
@@ -118,8 +124,6 @@ class CniServer:
             except OSError:
                 pass
             self._sock.close()
-        for _ in range(self._workers):
-            self._queue.put(None)
         for t in self._threads:
             t.join(5)
         self._threads.clear()
@@ -140,7 +144,7 @@ class CniServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _accept_loop(self) -> None:
+    def _worker(self) -> None:
         assert self._sock is not None
         while not self._stop.is_set():
             try:
@@ -149,13 +153,6 @@ class CniServer:
                 if self._stop.is_set():
                     return
                 continue
-            self._queue.put(conn)
-
-    def _worker(self) -> None:
-        while True:
-            conn = self._queue.get()
-            if conn is None:
-                return
             try:
                 self._serve(conn)
             except Exception as e:  # noqa: BLE001 - one bad client never stops the server
