@@ -130,3 +130,42 @@ def test_concurrent_processes_never_share_an_address(tmp_path: Path) -> None:
         os.waitpid(pid, 0)
     allocs = HostLocalStore(tmp_path, "net").allocations()
     assert len(allocs) == 40 and len(set(allocs.values())) == 40
+
+
+REF = "/usr/lib/cni/host-local"
+
+
+def _ref(cmd: str, cid: str, data_dir: Path) -> dict[str, object]:
+    import json
+    import subprocess
+
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "net",
+        "ipam": {"type": "host-local", "dataDir": str(data_dir), "ranges": [[{"subnet": "10.0.0.0/24"}]]},
+    }
+    env = {
+        "CNI_COMMAND": cmd,
+        "CNI_CONTAINERID": cid,
+        "CNI_NETNS": "/x",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/x",
+    }
+    p = subprocess.run([REF], input=json.dumps(conf).encode(), env=env, capture_output=True, check=True)
+    return json.loads(p.stdout) if p.stdout.strip() else {}
+
+
+@pytest.mark.skipif(not os.access(REF, os.X_OK), reason="needs the reference host-local")
+def test_interoperates_with_the_reference_plugin(tmp_path: Path) -> None:
+    """Same directory, both plugins: no address handed out twice, and each releases the other's."""
+    first = _ref("ADD", "go-1", tmp_path)
+    assert first["ips"][0]["address"] == "10.0.0.2/24"  # type: ignore[index]
+    st = HostLocalStore(tmp_path, "net")
+    mine = st.allocate([rng("10.0.0.0/24")], "py-1", "eth0")
+    assert str(mine[0].address) == "10.0.0.3/24"  # resumed after the Go plugin's last_reserved_ip
+    second = _ref("ADD", "go-2", tmp_path)
+    assert second["ips"][0]["address"] == "10.0.0.4/24"  # type: ignore[index]
+    _ref("DEL", "py-1", tmp_path)  # the Go plugin releases our file
+    assert st.lookup("py-1", "eth0") == []
+    assert st.release("go-2", "eth0") == ["10.0.0.4"]  # and we release its
+    assert sorted(st.allocations()) == ["10.0.0.2"]
