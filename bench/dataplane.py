@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pycni import log as pycni_log  # noqa: E402
 from pycni.lab import Lab  # noqa: E402
 from pycni.lab.lab import LabNode  # noqa: E402
 
@@ -165,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--backends", nargs="*", default=["host-gw", "vxlan"])
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("-v", "--verbose", action="store_true", help="lab logs on stderr")
     args = ap.parse_args(argv)
+    pycni_log.configure(level="info" if args.verbose else "warning", stream=sys.stderr, json=False)
     results = [bench_backend(b, args.seconds, args.repeat) for b in args.backends]
     if args.json:
         print(json.dumps(results, indent=2))
