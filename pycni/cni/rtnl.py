@@ -43,7 +43,9 @@ NLA_F_NESTED = 0x8000
 
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
-IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK = 18, 28, 29
+IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_AF_SPEC = 18, 28, 29, 26
+IFLA_INET_CONF = 1
+IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_PROXY_ARP, IPV4_DEVCONF_ROUTE_LOCALNET = 1, 3, 26
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
 VETH_INFO_PEER = 1
 IFLA_BRPORT_MODE = 4  # hairpin
@@ -274,12 +276,18 @@ class Rtnl:
         )
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}")
 
-    def link_up(self, name: str) -> LinkInfo | None:
-        """Set a link up; the kernel echoes the link back (NLM_F_ECHO, Linux >= 6.2), saving a GET."""
+    def link_up(self, name: str) -> None:
         body = _IFI.pack(0, 0, 0, IFF_UP, IFF_UP) + attr_str(IFLA_IFNAME, name)
-        echoed: list[bytes] = []
-        self.request(RTM_NEWLINK, NLM_F_ECHO, body, f"set {name} up", echoed)
-        return _parse_link(echoed[0]) if echoed else None
+        self.request(RTM_NEWLINK, 0, body, f"set {name} up")
+
+    def set_inet_conf(self, name: str, conf: dict[int, int]) -> None:
+        """Per-interface IPv4 sysctls (`net/ipv4/conf/<name>/...`) in one message instead of one
+        /proc/sys file each: IFLA_AF_SPEC { AF_INET { IFLA_INET_CONF { IPV4_DEVCONF_* = value } } }.
+        (Not accepted inside the creating RTM_NEWLINK: the device has no IPv4 state yet.)"""
+        values = b"".join(attr_u32(k, v) for k, v in conf.items())
+        spec = nested(IFLA_AF_SPEC, nested(socket.AF_INET, nested(IFLA_INET_CONF, values)))
+        body = _IFI.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) + spec
+        self.request(RTM_NEWLINK, 0, body, f"set ipv4 conf of {name}")
 
     def link_down(self, name: str) -> bool:
         """Set a link down; False when it does not exist."""
@@ -462,6 +470,9 @@ def _parse_link(m: bytes) -> LinkInfo:
     )
 
 
+_thread_home = threading.local()
+
+
 class NetnsScope:
     """Run a short block with the calling thread inside another netns, then switch it back.
 
@@ -474,19 +485,17 @@ class NetnsScope:
         self._home = -1
 
     def __enter__(self) -> NetnsScope:
-        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(self.fd)
-        except BaseException:
-            os.close(self._home)
-            raise
+        # The thread's own namespace, opened once per thread and kept (threads never change their
+        # home namespace: every visit elsewhere ends here).
+        home = getattr(_thread_home, "fd", None)
+        if home is None:
+            home = _thread_home.fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._home = home
+        _setns(self.fd)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            _setns(self._home)  # if this failed the thread would be poisoned: let it raise loudly
-        finally:
-            os.close(self._home)
+        _setns(self._home)  # if this failed the thread would be poisoned: let it raise loudly
 
 
 def socket_in_netns(netns_fd: int) -> Rtnl:

@@ -36,7 +36,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from pycni.cni import spec
+from pycni.cni import rtnl, spec
 from pycni.cni.log import get_logger
 from pycni.cni.rtnl import (
     RT_SCOPE_LINK,
@@ -130,7 +130,8 @@ def _create_veth(
 
 
 def _pod_link(pod: Rtnl, ifname: str) -> LinkInfo:
-    link = pod.link_up(ifname) or pod.link_get(ifname)
+    pod.link_up(ifname)
+    link = pod.link_get(ifname)
     if link is None:  # pragma: no cover - we just created it
         raise CniError(spec.ERR_INTERNAL, f"{ifname} vanished from the pod namespace")
     return link
@@ -164,13 +165,15 @@ def calico_add(
 
     # Host side. proxy_arp: answer the pod's ARP for 169.254.1.1 (and everything else) with our
     # MAC; proxy_delay=0: answer at once; route_localnet: let pods reach 127.0.0.1 DNAT targets.
-    for path, value in (
-        (f"net/ipv4/conf/{host_name}/proxy_arp", "1"),
-        (f"net/ipv4/neigh/{host_name}/proxy_delay", "0"),
-        (f"net/ipv4/conf/{host_name}/forwarding", "1"),
-        (f"net/ipv4/conf/{host_name}/route_localnet", "1"),
-    ):
-        sysctl_write(path, value)
+    host.set_inet_conf(
+        host_name,
+        {
+            rtnl.IPV4_DEVCONF_PROXY_ARP: 1,
+            rtnl.IPV4_DEVCONF_FORWARDING: 1,
+            rtnl.IPV4_DEVCONF_ROUTE_LOCALNET: 1,
+        },
+    )
+    sysctl_write(f"net/ipv4/neigh/{host_name}/proxy_delay", "0")
     hlink = host.link_get(host_name)
     if hlink is None:  # pragma: no cover
         raise CniError(spec.ERR_INTERNAL, f"{host_name} vanished")
