@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -61,6 +62,13 @@ def _pycni_plugin_available() -> bool:
         return importlib.util.find_spec("pycni.cni.install") is not None
     except ImportError:
         return False
+
+
+def _probe(url: str) -> list[str]:
+    """argv that exits 0 when `url` answers 200 (curl if present, else the stdlib)."""
+    if shutil.which("curl"):
+        return ["curl", "-sf", "-m", "1", url]
+    return [sys.executable, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)", url]
 
 
 class FlannelMode:
@@ -187,8 +195,7 @@ class FlannelMode:
                     pass
                 raise Invalid(f"{node.name}: pycni-flanneld exited:\n{tail}")
             if os.path.exists(self.subnet_file(node)):
-                cp = lab.exec(node, ["curl", "-sf", "-m", "1", f"http://127.0.0.1:{HEALTHZ_PORT}/healthz"],
-                              check=False)
+                cp = lab.exec(node, _probe(f"http://127.0.0.1:{HEALTHZ_PORT}/healthz"), check=False)
                 if cp.returncode == 0:
                     break
             if time.monotonic() > deadline:
