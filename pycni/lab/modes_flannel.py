@@ -68,7 +68,8 @@ def _probe(url: str) -> list[str]:
     """argv that exits 0 when `url` answers 200 (curl if present, else the stdlib)."""
     if shutil.which("curl"):
         return ["curl", "-sf", "-m", "1", url]
-    return [sys.executable, "-c", "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)", url]
+    code = "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)"
+    return [sys.executable, "-c", code, url]
 
 
 class FlannelMode:
