@@ -149,7 +149,12 @@ def proc_matches(entry: dict[str, Any]) -> bool:
     if entry.get("starttime") is not None and st[1] != entry["starttime"]:
         return False
     cmd = proc_cmdline(pid)
-    return cmd is not None and cmd in (entry.get("argv"), entry.get("wrapper"))
+    if not cmd:
+        # Under User-Mode-Linux, /proc/<pid>/cmdline of a busy process sometimes reads empty (the
+        # guest kernel could not read the other process's memory just then). Identity then rests on
+        # PID + start time, which no recycled PID shares.
+        return entry.get("starttime") is not None
+    return cmd in (entry.get("argv"), entry.get("wrapper"))
 
 
 def proc_alive(pid: int) -> bool:

@@ -86,3 +86,14 @@ def test_bridge_mode_is_registered_and_unknown_modes_are_clear() -> None:
     assert isinstance(m, modes.Mode)
     with pytest.raises(Invalid, match="unknown lab mode"):
         modes.get("no-such-mode")
+
+
+def test_unreadable_cmdline_falls_back_to_start_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pycni.lab import record
+
+    st = proc_stat(os.getpid())
+    assert st is not None
+    monkeypatch.setattr(record, "proc_cmdline", lambda pid: [])
+    assert proc_matches({"pid": os.getpid(), "starttime": st[1], "argv": ["x"]})
+    assert not proc_matches({"pid": os.getpid(), "starttime": None, "argv": ["x"]})
+    assert not proc_matches({"pid": os.getpid(), "starttime": st[1] + 1, "argv": ["x"]})
