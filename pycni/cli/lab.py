@@ -245,7 +245,10 @@ def run_demo(name: str, nodes: int, pods_per_node: int, only: list[str] | None, 
         lab.down()  # a leftover from an interrupted demo
         t0 = time.monotonic()
         try:
-            lab.up(nodes=nodes, mode=mode)
+            # A mode may ask for its own demo shape, e.g. `demo_shape = {"segments": 2}`.
+            shape = dict(getattr(lab_modes.get(mode), "demo_shape", None) or {})
+            segments = int(shape.pop("segments", 1))
+            lab.up(nodes=int(shape.pop("nodes", nodes)), segments=segments, mode=mode, **shape)
             t_up = time.monotonic() - t0
             for n in lab.nodes:
                 for i in range(pods_per_node):
