@@ -62,10 +62,6 @@ class LabNode:
     def nodename(self) -> str:
         return self.name
 
-    @property
-    def gateway(self) -> str | None:
-        return None  # filled by Lab.node_gateway(); kept for symmetry with the record
-
 
 @dataclass(frozen=True)
 class LabPod:
