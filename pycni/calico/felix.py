@@ -348,7 +348,6 @@ def run(opts: FelixOptions) -> int:
 
             cni = CniServer(opts.cni_socket)
             cni.start()
-            log.info("cni server listening", socket=opts.cni_socket)
         except Exception as e:  # the plugin falls back to doing the work itself
             log.warning("cni server not started", socket=opts.cni_socket, error=str(e))
             cni = None
