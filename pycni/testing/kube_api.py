@@ -41,7 +41,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -198,7 +198,7 @@ class FakeKubeApi:
         class Handler(_Handler):
             fake = api
 
-        srv = ThreadingHTTPServer((self.host, self.port), Handler)
+        srv = _Server((self.host, self.port), Handler)
         srv.daemon_threads = True
         self.port = int(srv.server_address[1])
         self._server = srv
@@ -241,7 +241,9 @@ class FakeKubeApi:
     def __enter__(self) -> FakeKubeApi:
         return self if self.running else self.start()
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     # -- state, for tests ------------------------------------------------------------------------
@@ -302,15 +304,21 @@ class FakeKubeApi:
     def list(self, res: ApiResource, ns: str | None, selector: str) -> dict[str, Any]:
         sel = _selector(selector)
         with self._cond:
-            items = [copy.deepcopy(o) for (g, p, n, _), o in sorted(self._objects.items())
-                     if g == res.group and p == res.plural and (ns is None or n == ns) and _matches(o, sel)]
+            items = [
+                copy.deepcopy(o)
+                for (g, p, n, _), o in sorted(self._objects.items())
+                if g == res.group and p == res.plural and (ns is None or n == ns) and _matches(o, sel)
+            ]
             return {"apiVersion": res.api_version, "kind": f"{res.kind}List",
                     "metadata": {"resourceVersion": str(self._rv)}, "items": items}  # fmt: skip
 
     def _check_body(self, res: ApiResource, ns: str | None, body: Any, name: str | None) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
             raise _Fail(400, "BadRequest", "the body of the request was not a JSON object")
-        if body.get("apiVersion", res.api_version) != res.api_version or body.get("kind", res.kind) != res.kind:
+        if (
+            body.get("apiVersion", res.api_version) != res.api_version
+            or body.get("kind", res.kind) != res.kind
+        ):
             raise _Fail(400, "BadRequest", f"the API version or kind in the body does not match {res.kind}")
         md = body.setdefault("metadata", {})
         body["apiVersion"], body["kind"] = res.api_version, res.kind
@@ -325,7 +333,9 @@ class FakeKubeApi:
                         "characters, '-' or '.'", name=str(n), kind=res.kind)  # fmt: skip
         if res.namespaced:
             if md.get("namespace", ns) != ns:
-                raise _Fail(400, "BadRequest", "the namespace of the object does not match the namespace on the URL")
+                raise _Fail(
+                    400, "BadRequest", "the namespace of the object does not match the namespace on the URL"
+                )
             md["namespace"] = ns
         else:
             md.pop("namespace", None)
@@ -344,7 +354,8 @@ class FakeKubeApi:
         with self._cond:
             key = (res.group, res.plural, ns or "", md["name"])
             if key in self._objects:
-                raise _Fail(409, "AlreadyExists", f'{res.plural}.{res.group or "core"} "{md["name"]}" already exists',
+                what = f'{res.plural}.{res.group or "core"} "{md["name"]}"'
+                raise _Fail(409, "AlreadyExists", f"{what} already exists",
                             name=md["name"], group=res.group, kind=res.plural)  # fmt: skip
             md["uid"] = str(uuid.uuid4())
             md["creationTimestamp"] = _now_rfc3339()
@@ -364,11 +375,13 @@ class FakeKubeApi:
             rv = md.get("resourceVersion")
             if not rv:
                 raise _Fail(422, "Invalid", f'{res.kind} "{name}" is invalid: metadata.resourceVersion: '
-                            "Invalid value: 0x0: must be specified for an update", name=name, kind=res.kind)  # fmt: skip
+                            "Invalid value: 0x0: must be specified for an update",
+                            name=name, kind=res.kind)  # fmt: skip
             if str(rv) != old["metadata"]["resourceVersion"]:
-                raise _Fail(409, "Conflict", f'Operation cannot be fulfilled on {res.plural}.{res.group} "{name}": '
-                            "the object has been modified; please apply your changes to the latest version "
-                            "and try again", name=name, group=res.group, kind=res.plural)  # fmt: skip
+                what = f'{res.plural}.{res.group} "{name}"'
+                raise _Fail(409, "Conflict", f"Operation cannot be fulfilled on {what}: the object has been "
+                            "modified; please apply your changes to the latest version and try again",
+                            name=name, group=res.group, kind=res.plural)  # fmt: skip
             omd = old["metadata"]
             for f in ("uid", "creationTimestamp", "generation"):
                 md[f] = omd[f]
@@ -414,8 +427,11 @@ class FakeKubeApi:
             epoch = self._epoch
             if rv in ("", "0"):
                 since = self._rv
-                initial = [copy.deepcopy(o) for (g, p, n, _), o in sorted(self._objects.items())
-                           if g == res.group and p == res.plural and (ns is None or n == ns) and _matches(o, sel)]
+                initial = [
+                    copy.deepcopy(o)
+                    for (g, p, n, _), o in sorted(self._objects.items())
+                    if g == res.group and p == res.plural and (ns is None or n == ns) and _matches(o, sel)
+                ]
             else:
                 try:
                     since = int(rv)
@@ -459,6 +475,11 @@ class FakeKubeApi:
                 return
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default backlog of 5 drops SYNs when 8 clients connect at once
+    allow_reuse_address = True
+
+
 def _empty() -> Generator[dict[str, Any] | None, None, None]:
     yield from ()
 
@@ -466,6 +487,7 @@ def _empty() -> Generator[dict[str, Any] | None, None, None]:
 class _Handler(BaseHTTPRequestHandler):
     fake: FakeKubeApi
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
@@ -510,7 +532,11 @@ class _Handler(BaseHTTPRequestHandler):
                 self._watch(res, ns, q)
                 return
             if method == "GET":
-                out = self.fake.get(res, ns, name) if name else self.fake.list(res, ns, q.get("labelSelector", ""))
+                out = (
+                    self.fake.get(res, ns, name)
+                    if name
+                    else self.fake.list(res, ns, q.get("labelSelector", ""))
+                )
                 self._send(200, out)
             elif method == "POST" and name is None:
                 self._send(201, self.fake.create(res, ns, body))

@@ -112,7 +112,9 @@ WEP_JSON = (
 
 
 def test_locate_derives_calico_names() -> None:
-    assert locate("/calico/ipam/v2/assignment/ipv4/block/10.244.0.0-26") == K.Location(K.BLOCKS, None, "10-244-0-0-26")
+    assert locate("/calico/ipam/v2/assignment/ipv4/block/10.244.0.0-26") == K.Location(
+        K.BLOCKS, None, "10-244-0-0-26"
+    )
     assert locate("/calico/ipam/v2/host/node-1/ipv4/block/10.244.0.64-26") == K.Location(
         K.AFFINITIES, None, "node-1-10-244-0-64-26"
     )
@@ -127,11 +129,18 @@ def test_locate_derives_calico_names() -> None:
     assert ippool.kind.path(None, "x") == "/apis/crd.projectcalico.org/v1/ippools/x"
     assert wep.kind.path("ns", "x") == "/apis/crd.projectcalico.org/v1/namespaces/ns/workloadendpoints/x"
     # everything else, and Calico-looking keys that are not object names, are generic KeyValues
-    for key in ("/coreos.com/network/subnets/10.244.1.0-24", "/calico/ipam/v2/config", "/calico/v1/Ready",
-                "/calico/resources/v3/projectcalico.org/ippools/Not_A_Name", "/calico/resources/v3/x/y"):
+    for key in (
+        "/coreos.com/network/subnets/10.244.1.0-24",
+        "/calico/ipam/v2/config",
+        "/calico/v1/Ready",
+        "/calico/resources/v3/projectcalico.org/ippools/Not_A_Name",
+        "/calico/resources/v3/x/y",
+    ):
         loc = locate(key)
         assert loc.kind is K.KEYVALUES and K.valid_name(loc.name), key
-    assert kv_name("/coreos.com/network/subnets/10.244.1.0-24").startswith("coreos-com-network-subnets-10-244-1-0-24-")
+    assert kv_name("/coreos.com/network/subnets/10.244.1.0-24").startswith(
+        "coreos-com-network-subnets-10-244-1-0-24-"
+    )
     assert kv_name("/a/B") != kv_name("/a/b")
     assert K.valid_name(kv_name("/" + "x" * 400)) and K.valid_name(kv_name("///"))
     with pytest.raises(Invalid):
@@ -144,7 +153,9 @@ def test_key_spaces_match_the_codecs() -> None:
 
     assert K.RESOURCE_PREFIX == calico.RESOURCE_PREFIX
     assert (K.BLOCK_PREFIX, K.HOST_PREFIX, K.HANDLE_PREFIX) == (
-        keys.BLOCK_PREFIX, keys.HOST_PREFIX, keys.HANDLE_PREFIX
+        keys.BLOCK_PREFIX,
+        keys.HOST_PREFIX,
+        keys.HANDLE_PREFIX,
     )
     assert set(calico.PLURALS) <= set(K.CALICO_KINDS)
 
@@ -185,7 +196,10 @@ def test_affinity_and_handle_carry_calicos_spec_fields(api: FakeKubeApi, ds: Kub
     handle = "/calico/ipam/v2/handle/k8s-pod-network.c0ffee"
     ds.create(handle, '{"block":{"10.244.0.64/26":1},"deleted":false}')
     (h,) = api.objects(CALICO_GROUP, "ipamhandles")
-    assert h["metadata"]["name"] == "k8s-pod-network.c0ffee" and h["spec"]["handleID"] == "k8s-pod-network.c0ffee"
+    assert (
+        h["metadata"]["name"] == "k8s-pod-network.c0ffee"
+        and h["spec"]["handleID"] == "k8s-pod-network.c0ffee"
+    )
     got = ds.get(handle)
     assert got is not None and got.value == '{"block":{"10.244.0.64/26":1},"deleted":false}'
 
@@ -289,7 +303,9 @@ def test_fake_api_semantics(api: FakeKubeApi) -> None:
 
     http = _Http(_Config("127.0.0.1", api.port, None), timeout=2)
     base = "/apis/pycni.dev/v1/keyvalues"
-    a = http.request("POST", base, {"metadata": {"name": "a"}, "spec": {"key": "k", "value": "v"}}, write=True)
+    a = http.request(
+        "POST", base, {"metadata": {"name": "a"}, "spec": {"key": "k", "value": "v"}}, write=True
+    )
     rv = a["metadata"]["resourceVersion"]
     with pytest.raises(_ApiError) as e:
         http.request("POST", base, {"metadata": {"name": "a"}}, write=True)
@@ -314,7 +330,9 @@ def test_fake_api_semantics(api: FakeKubeApi) -> None:
     nodes = http.request("GET", "/api/v1/nodes")
     assert nodes["kind"] == "NodeList" and int(nodes["metadata"]["resourceVersion"]) >= int(rv)
     http.request("POST", "/api/v1/nodes", {"metadata": {"name": "n1", "labels": {"r": "x"}}}, write=True)
-    assert [n["metadata"]["name"] for n in http.request("GET", "/api/v1/nodes?labelSelector=r%3Dx")["items"]] == ["n1"]
+    assert [
+        n["metadata"]["name"] for n in http.request("GET", "/api/v1/nodes?labelSelector=r%3Dx")["items"]
+    ] == ["n1"]
     assert http.request("GET", "/api/v1/nodes?labelSelector=r%21%3Dx")["items"] == []
 
 
@@ -384,10 +402,12 @@ def test_a_watch_the_server_ends_is_resumed_without_relist(api: FakeKubeApi) -> 
         rec = Recorder()
         with syncing(ds, ["/w/"], rec):
             eventually(lambda: rec.in_sync_count() == 1, 5)
-            time.sleep(2.5)  # two server-side timeouts
+            time.sleep(1.3)  # one server-side timeout
             ds.put("/w/a", "a")
             eventually(lambda: rec.has("/w/a", "a"), 5)
         assert SyncStatus.RESYNC not in rec.statuses()
+        lists_and_watches = [r for r in api.requests if r == ("GET", "/apis/pycni.dev/v1/keyvalues")]
+        assert len(lists_and_watches) >= 3  # one list, the first watch, the resumed one
     finally:
         ds.close()
 
@@ -452,7 +472,8 @@ def test_watch_threads_end_with_sync(api: FakeKubeApi) -> None:
         rec = Recorder()
         with syncing(ds, ["/calico/ipam/v2/", "/coreos.com/"], rec):
             eventually(lambda: rec.in_sync_count() == 1, 5)
-            assert sum(t.name.startswith("kube-watch-") for t in threading.enumerate()) == 5
+            # ipamblocks, blockaffinities, ipamhandles, keyvalues and the Leases
+            eventually(lambda: sum(t.name.startswith("kube-watch-") for t in threading.enumerate()) == 5, 3)
         eventually(lambda: not any(t.name.startswith("kube-watch-") for t in threading.enumerate()), 3)
     finally:
         ds.close()
