@@ -198,11 +198,18 @@ def read_subnet_env(path: str) -> FlannelEnv:
 
 def _open_netns(path: str) -> int:
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise CniError(
             spec.ERR_INVALID_NETNS, f"failed to open netns {path!r}", os.strerror(e.errno or 0)
         ) from None
+    # skel refuses the plugin's own namespace as the container's: wiring a "pod" into the host
+    # namespace would rename and re-address the host's own interfaces.
+    st, home = os.fstat(fd), os.stat("/proc/thread-self/ns/net")
+    if (st.st_dev, st.st_ino) == (home.st_dev, home.st_ino):
+        os.close(fd)
+        raise CniError(spec.ERR_INVALID_NETNS, "netns is the plugin's own namespace", path)
+    return fd
 
 
 class Reaper:

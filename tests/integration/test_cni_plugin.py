@@ -297,7 +297,16 @@ def test_status(node: Node) -> None:
 
 @pytest.mark.parametrize(
     "case",
-    ["malformed", "unknown_version", "missing_env", "bad_netns", "no_command", "bad_mode", "missing_version"],
+    [
+        "malformed",
+        "unknown_version",
+        "missing_env",
+        "bad_netns",
+        "own_netns",
+        "no_command",
+        "bad_mode",
+        "missing_version",
+    ],
 )
 def test_errors(node: Node, case: str) -> None:
     conf = calico_conf(node)
@@ -314,6 +323,9 @@ def test_errors(node: Node, case: str) -> None:
         assert "CNI_CONTAINERID" in r.json["msg"]
     elif case == "bad_netns":
         r = node.cni("ADD", conf, cid="c", netns="/run/netns/pyt-cni-does-not-exist")
+        code = 8
+    elif case == "own_netns":
+        r = node.cni("ADD", conf, cid="c", netns=f"/run/netns/{node.ns}")
         code = 8
     elif case == "no_command":
         r = node.cni("ADD", conf, cid="c", netns=pa, drop=("CNI_COMMAND",))
