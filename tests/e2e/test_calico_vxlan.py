@@ -141,6 +141,15 @@ def test_vxlan(lab: Lab) -> None:
             assert r["dev"].startswith("cali") and r["scope"] == "link"
             (link,) = ipj(lab, me, "ip", "-j", "link", "show", r["dev"])
             assert link["address"] == "ee:ee:ee:ee:ee:ee"
+    # health: Calico's endpoints on 9099 in each node
+    cp = lab.exec(
+        "n1", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9099/readiness"]
+    )
+    assert cp.stdout == "200"
+    cp = lab.exec(
+        "n1", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:9099/liveness"]
+    )
+    assert cp.stdout == "200"
     pod_routes = ipj(lab, "n1/a", "ip", "-j", "route")
     assert {"dst": "default", "gateway": "169.254.1.1", "dev": "eth0", "flags": []} in pod_routes
 
