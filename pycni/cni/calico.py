@@ -13,10 +13,10 @@ Names follow Calico exactly, so felix, calicoctl and operators' habits agree wit
 
 from __future__ import annotations
 
-import hashlib
 import json
+import os
 import time
-import uuid
+from _sha1 import sha1  # the builtin: hashlib would load OpenSSL (~40 ms in-process)
 from collections.abc import Sequence
 
 from pycni.constants import CALI_PREFIX
@@ -27,7 +27,7 @@ WEP_PREFIX = "/calico/resources/v3/projectcalico.org/workloadendpoints/"
 def host_veth_name(args: dict[str, str], container_id: str, prefix: str = CALI_PREFIX) -> str:
     ns, pod = args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")
     if ns and pod:
-        return prefix + hashlib.sha1(f"{ns}.{pod}".encode()).hexdigest()[:11]
+        return prefix + sha1(f"{ns}.{pod}".encode()).hexdigest()[:11]
     return prefix + container_id[:11]
 
 
@@ -41,6 +41,15 @@ def wep_name(node: str, pod: str, iface: str = "eth0", orchestrator: str = "k8s"
 
 def wep_key(namespace: str, name: str) -> str:
     return f"{WEP_PREFIX}{namespace}/{name}"
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID like the apiserver stamps, without importing uuid (~20 ms)."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def wep_value(
@@ -61,7 +70,7 @@ def wep_value(
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "uid": str(uuid.uuid4()),
+            "uid": _uuid4(),
             "creationTimestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "labels": {
                 "projectcalico.org/namespace": namespace,

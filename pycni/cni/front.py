@@ -11,8 +11,9 @@ Protocol on the agent's unix socket (config key `agentSocket`, default /run/pycn
   response u8 kind (0 answered, 1 run it yourself) | u8 exit code | stdout bytes until EOF
 The agent runs `pycni.cni.skel.dispatch`, the same code as the in-process path. When nobody
 listens, this process becomes the in-process plugin: stdin is put back (a memfd) and the venv's
-python is exec'd on `pycni.cni.skel.main`. If the agent drops the connection mid-request the
-outcome is unknown, so we answer code 11 (try again later) rather than redo half-done work.
+python is exec'd on `pycni.cni.skel.main` (-IS, the library path given explicitly). If the agent
+drops the connection mid-request the outcome is unknown, so we answer code 11 (try again later)
+rather than redo half-done work.
 """
 
 import _socket
@@ -20,6 +21,21 @@ import posix
 
 FALLBACK_PYTHON = "/usr/bin/python3"  # replaced at install time by the venv's interpreter
 DEFAULT_SOCKET = "/run/pycni/cni.sock"
+FALLBACK_PATH: list = []  # replaced at install time: pycni's root and the venv's site-packages
+# In-process: -IS skips site (.pth files, ~25 ms) and the library path is given explicitly; if the
+# library cannot be imported the answer is still a CNI error, never a traceback.
+FALLBACK_CODE = (
+    "import sys\n"
+    "sys.path[:0] = " + repr(FALLBACK_PATH) + "\n"
+    "try:\n"
+    "    from pycni.cni.skel import main\n"
+    "except Exception as e:\n"
+    "    import json\n"
+    "    sys.stdout.write(json.dumps({'cniVersion': '1.1.0', 'code': 999,\n"
+    "        'msg': 'pycni library not importable', 'details': repr(e)}) + '\\n')\n"
+    "    sys.exit(1)\n"
+    "main()\n"
+)
 FORWARD = (
     b"CNI_COMMAND",
     b"CNI_CONTAINERID",
@@ -56,7 +72,7 @@ def _fallback(data: bytes) -> None:
     posix.lseek(fd, 0, 0)
     posix.dup2(fd, 0)
     posix.close(fd)
-    posix.execv(FALLBACK_PYTHON, [FALLBACK_PYTHON, "-c", "from pycni.cni.skel import main; main()"])
+    posix.execv(FALLBACK_PYTHON, [FALLBACK_PYTHON, "-IS", "-c", FALLBACK_CODE])
 
 
 def _u32(n: int) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 FRONT_SOURCE = Path(__file__).with_name("front.py")
@@ -31,6 +32,17 @@ def fast_python() -> str:
     return sys.executable
 
 
+def library_path() -> list[str]:
+    """Where this interpreter finds pycni and its dependencies, for the in-process path's -IS."""
+    root = str(Path(__file__).resolve().parents[2])
+    paths = [root]
+    for key in ("purelib", "platlib"):
+        p = sysconfig.get_paths()[key]
+        if p not in paths:
+            paths.append(p)
+    return paths
+
+
 def render(
     fallback_python: str | None = None, shebang_python: str | None = None, default_socket: str | None = None
 ) -> str:
@@ -41,6 +53,7 @@ def render(
     text = text.replace(
         'FALLBACK_PYTHON = "/usr/bin/python3"', f"FALLBACK_PYTHON = {fallback_python or sys.executable!r}", 1
     )
+    text = text.replace("FALLBACK_PATH: list = []", f"FALLBACK_PATH: list = {library_path()!r}", 1)
     if default_socket:
         text = text.replace(
             'DEFAULT_SOCKET = "/run/pycni/cni.sock"', f"DEFAULT_SOCKET = {default_socket!r}", 1

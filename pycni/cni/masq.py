@@ -10,9 +10,9 @@ and Calico do; never `iptables` per rule.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import subprocess
+from _sha1 import sha1  # the builtin: hashlib would load OpenSSL (~40 ms in-process)
 from collections.abc import Sequence
 
 from pycni.cni.log import get_logger
@@ -21,7 +21,7 @@ log = get_logger("pycni.cni.masq")
 
 
 def chain_name(network: str, cid: str, ifname: str) -> str:
-    return "PYCNI-" + hashlib.sha1(f"{network}/{cid}/{ifname}".encode()).hexdigest()[:16].upper()
+    return "PYCNI-" + sha1(f"{network}/{cid}/{ifname}".encode()).hexdigest()[:16].upper()
 
 
 def _comment(network: str, cid: str) -> str:

@@ -28,9 +28,9 @@ for `socket()` and for the pod's /proc/sys writes.
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import os
+from _sha1 import sha1  # the builtin: hashlib would load OpenSSL (~40 ms in-process)
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -73,7 +73,7 @@ def random_mac() -> str:
 
 
 def bridge_port_name(container_id: str, ifname: str) -> str:
-    return BRIDGE_PORT_PREFIX + hashlib.sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:8]
+    return BRIDGE_PORT_PREFIX + sha1(f"{container_id}/{ifname}".encode()).hexdigest()[:8]
 
 
 def pod_socket(nsfd: int) -> Rtnl:
