@@ -432,3 +432,30 @@ def test_flannel_without_subnet_env_is_try_again_later(node: Node) -> None:
     pa = node.pod("pa")
     r = node.cni("ADD", conf, cid="fa", netns=pa)
     assert r.rc == 1 and r.json["code"] == 11
+
+
+def test_concurrent_adds_and_dels(node: Node) -> None:
+    """20 ADDs at once (the agent serves them on several threads): all succeed, no address twice;
+    then 20 DELs at once leave nothing behind."""
+    import subprocess
+    from concurrent.futures import ThreadPoolExecutor
+
+    conf = flannel_conf(node)
+    pods = [node.pod(f"c{i}") for i in range(20)]
+    with ThreadPoolExecutor(20) as ex:
+        results = list(ex.map(lambda i: node.cni("ADD", conf, cid=f"c{i}", netns=pods[i]), range(20)))
+    assert all(r.rc == 0 for r in results), [r.stdout for r in results if r.rc]
+    ips = [r.json["ips"][0]["address"] for r in results]
+    assert len(set(ips)) == 20
+    with ThreadPoolExecutor(20) as ex:
+        dels = list(ex.map(lambda i: node.cni("DEL", conf, cid=f"c{i}", netns=pods[i]), range(20)))
+    assert all(r.rc == 0 for r in dels)
+    for i in range(20):
+        node.wait_reaped(bridge_port_name(f"c{i}", "eth0"))
+    assert ipam_files(node.tmp / "flannel" / "networks" / "cbr0") == []
+    assert (
+        subprocess.run(
+            ["ip", "-n", node.ns, "link", "show", "master", "cni0"], capture_output=True, text=True
+        ).stdout.strip()
+        == ""
+    )
