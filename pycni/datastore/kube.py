@@ -73,7 +73,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,21 @@ V3_API_VERSION = "projectcalico.org/v3"
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+_LABEL_VALUE_RE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+def valid_label(key: str, value: str) -> bool:
+    """A label the API server accepts: `[prefix/]name` and a value of at most 63 characters."""
+    prefix, _, name = key.rpartition("/")
+    return (
+        (not prefix or valid_name(prefix))
+        and 0 < len(name) <= 63
+        and bool(_LABEL_VALUE_RE.match(name))
+        and len(value) <= 63
+        and bool(_LABEL_VALUE_RE.match(value))
+    )
 
 
 def valid_name(name: str) -> bool:
@@ -265,8 +280,10 @@ def encode(key: str, value: str, loc: Location) -> dict[str, Any]:
         if doc.get("kind", kind.kind) != kind.kind:
             raise Invalid(f"{key}: kind must be {kind.kind!r}", field="value")
         labels = vmd.get("labels")
-        if isinstance(labels, dict) and labels and all(isinstance(v, str) for v in labels.values()):
-            md["labels"] = dict(labels)
+        if isinstance(labels, dict):  # mirrored for `kubectl -l`; the annotation keeps them all anyway
+            valid = {k: v for k, v in labels.items() if isinstance(v, str) and valid_label(k, v)}
+            if valid:
+                md["labels"] = valid
         envelope = dict(doc)
         if "spec" in envelope:
             envelope["spec"] = None  # keeps the spec's place, so the text is rebuilt key for key
@@ -670,27 +687,36 @@ class KubeDatastore:
                 f"kubeconfig {path}: exec/auth-provider credentials are not supported", field="kubeconfig"
             )
 
+        temps: list[str] = []
+
         def file_or_data(file_key: str, data_key: str, src: dict[str, Any]) -> str | None:
+            """A path for ssl to load: the file named, or the inline base64 data in a 0600 temp file."""
             if src.get(file_key):
                 return os.path.join(base, str(src[file_key]))
             if src.get(data_key):
                 fd, tmp = tempfile.mkstemp(prefix="pycni-kube-")
+                temps.append(tmp)
                 with os.fdopen(fd, "wb") as f:
                     f.write(base64.b64decode(src[data_key]))
                 return tmp
             return None
 
         token_file = user.get("tokenFile")
-        return cls(
-            str(cluster.get("server", "")),
-            token=user.get("token"),
-            token_file=os.path.join(base, token_file) if token_file else None,
-            ca_file=file_or_data("certificate-authority", "certificate-authority-data", cluster),
-            client_cert=file_or_data("client-certificate", "client-certificate-data", user),
-            client_key=file_or_data("client-key", "client-key-data", user),
-            insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify")),
-            **kw,
-        )
+        try:
+            return cls(
+                str(cluster.get("server", "")),
+                token=user.get("token"),
+                token_file=os.path.join(base, token_file) if token_file else None,
+                ca_file=file_or_data("certificate-authority", "certificate-authority-data", cluster),
+                client_cert=file_or_data("client-certificate", "client-certificate-data", user),
+                client_key=file_or_data("client-key", "client-key-data", user),
+                insecure_skip_tls_verify=bool(cluster.get("insecure-skip-tls-verify")),
+                **kw,
+            )
+        finally:  # the TLS context has read them
+            for tmp in temps:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
 
     @classmethod
     def connect(cls, kubeconfig: str | None = None, **kw: Any) -> KubeDatastore:
@@ -1193,7 +1219,10 @@ class _Watcher(threading.Thread):
     def run(self) -> None:
         try:
             while not self.quit.is_set():
+                began = time.monotonic()
                 self._once()
+                if time.monotonic() - began < 1.0:
+                    self.quit.wait(1.0)  # a server (or proxy) ending watches at once: do not spin
         except _Lost as lost:
             if not self.quit.is_set():
                 self.q.put(lost)
@@ -1228,10 +1257,9 @@ class _Watcher(threading.Thread):
                 raise _Lost(f"{kind.plural}: 410 Gone at {self.rv}", unavailable=False)
             if resp.status != 200:
                 raise _Lost(f"{kind.plural}: watch answered HTTP {resp.status}", unavailable=True)
-            while not self.quit.is_set():
-                line = resp.readline()
-                if not line:
-                    break  # the server ended the stream cleanly (timeoutSeconds): resume from self.rv
+            for line in _event_lines(resp):
+                if self.quit.is_set():
+                    break
                 if not line.strip():
                     continue
                 ev = json.loads(line)
@@ -1251,6 +1279,41 @@ class _Watcher(threading.Thread):
             with self._lock:
                 self._conn = None
             conn.close()
+
+
+def _event_lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:
+    """The watch stream's JSON lines; ends on the terminating chunk, raises `_Lost` if cut short.
+
+    http.client's own `readline()` on a chunked body returns b"" both at the final chunk and when
+    the connection simply drops (a killed API server), so the framing is read here: only a clean
+    end (`timeoutSeconds`) lets the watch resume from its revision; a cut one means relist.
+    """
+    fp = resp.fp
+    if not resp.chunked or fp is None:
+        while line := resp.readline():
+            yield line
+        return
+    buf = b""
+    while True:
+        size_line = fp.readline(1024)
+        try:
+            size = int(size_line.split(b";")[0].strip(), 16)
+        except ValueError:
+            raise _Lost(f"watch stream cut ({size_line[:40]!r})", unavailable=True) from None
+        if size == 0:
+            while fp.readline(1024) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            resp.close()
+            if buf:
+                yield buf
+            return
+        data = fp.read(size)
+        if len(data) < size or fp.read(2) != b"\r\n":
+            raise _Lost("watch stream cut inside a chunk", unavailable=True)
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line
 
 
 def _load_yaml_or_json(text: str, path: str) -> dict[str, Any]:

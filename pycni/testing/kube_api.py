@@ -109,6 +109,10 @@ class _Fail(Exception):
         self.code = code
 
 
+class _Killed(Exception):
+    """A watch cut off by `stop()`: the stream must end without its terminating chunk."""
+
+
 @dataclass(frozen=True)
 class _Event:
     rv: int
@@ -446,7 +450,7 @@ class FakeKubeApi:
         while True:
             with self._cond:
                 if self._epoch != epoch:
-                    return
+                    raise _Killed  # the server is going down: no final chunk, as when a process dies
                 if since < self._compacted:
                     yield {"type": "ERROR", "object": status(410, "Expired",
                            f"too old resource version: {since} ({self._compacted})")}  # fmt: skip
@@ -561,6 +565,9 @@ class _Handler(BaseHTTPRequestHandler):
             events = _empty()
         except StopIteration:
             first = None
+        except _Killed:
+            self.close_connection = True
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
@@ -578,7 +585,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
-        except OSError:
+        except (OSError, _Killed):
             pass
         finally:
             events.close()

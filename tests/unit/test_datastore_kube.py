@@ -513,3 +513,45 @@ def test_in_cluster_needs_the_service_env(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(Invalid):
         KubeDatastore.in_cluster()
+
+
+def test_labels_mirrored_only_when_the_api_accepts_them() -> None:
+    assert K.valid_label("projectcalico.org/namespace", "kube-system")
+    assert K.valid_label("app", "")
+    assert not K.valid_label("bad key", "x") and not K.valid_label("a", "x" * 64)
+    doc = json.loads(IPPOOL_JSON)
+    doc["metadata"]["labels"] = {"ok": "yes", "not ok": "v", "long": "x" * 64}
+    key = "/calico/resources/v3/projectcalico.org/ippools/default-ipv4-ippool"
+    obj = K.encode(key, json.dumps(doc, separators=(",", ":")), locate(key))
+    assert obj["metadata"]["labels"] == {"ok": "yes"}
+    d = K.decode(K.CALICO_KINDS["ippools"], {**obj, "metadata": {**obj["metadata"], "resourceVersion": "7"}})
+    assert d is not None and json.loads(d.value) == doc and d.revision == 7
+
+
+def test_deploy_crds_cover_every_kind() -> None:
+    from pathlib import Path
+
+    from test_deploy_manifests import load_all
+
+    docs = load_all(Path(__file__).resolve().parents[2] / "deploy" / "crds.yaml")
+    crds = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert set(crds) == {f"{k.plural}.{k.group}" for k in K.KEY_KINDS}
+    for k in K.KEY_KINDS:
+        spec = crds[f"{k.plural}.{k.group}"]["spec"]
+        assert (spec["names"]["kind"], spec["scope"]) == (k.kind, "Namespaced" if k.namespaced else "Cluster")
+        (version,) = spec["versions"]
+        assert version["name"] == k.version
+        props = version["schema"]["openAPIV3Schema"]["properties"]
+        assert props["spec"]["x-kubernetes-preserve-unknown-fields"] is True  # nothing pruned
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    grants = {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+              for v in rule["verbs"]}  # fmt: skip
+    for k in K.KEY_KINDS:
+        for verb in ("get", "list", "watch", "create", "update", "delete"):
+            assert (k.group, k.plural, verb) in grants
+    (lease_role,) = [d for d in docs if d["kind"] == "Role"]
+    assert lease_role["metadata"]["namespace"] == "kube-system"
+    assert lease_role["rules"][0]["resources"] == ["leases"]
+    bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": "pycni", "namespace": "kube-system"}]
+               for b in bindings) and len(bindings) == 2  # fmt: skip
