@@ -314,6 +314,22 @@ def main() -> None:
                             reap_times.append(dt + (time.perf_counter() - t_answer) * 1000)
         fast.times["DEL+reap"] = reap_times
 
+        # Fixed cost of each path with no work at all: VERSION through the agent (the front's
+        # default socket points at it) and VERSION of the Go plugin, interleaved likewise.
+        vfront = str(install_plugin(work / "vbin", default_socket=str(sock)))
+        floor: dict[str, list[float]] = {"reference VERSION": [], "pycni fast path VERSION": []}
+        for _ in range(a.pods):
+            for label, exe in (("reference VERSION", ref.plugin), ("pycni fast path VERSION", vfront)):
+                t0 = time.perf_counter()
+                p = subprocess.run(
+                    ["nsenter", f"--net=/run/netns/{NODE}", exe],
+                    env={"CNI_COMMAND": "VERSION"},
+                    capture_output=True,
+                )
+                floor[label].append((time.perf_counter() - t0) * 1000)
+                if p.returncode != 0:
+                    raise RuntimeError(f"{label}: {p.stdout!r}")
+
         conc: dict[str, dict[str, float]] = {}
         for impl in (ref, fast):
             for i in range(a.concurrent):
@@ -339,6 +355,7 @@ def main() -> None:
         }
         for impl in impls:
             out["sequential"][impl.name] = {k: summarize(v) for k, v in impl.times.items()}
+        out["floor"] = {k: summarize(v) for k, v in floor.items()}
         r = out["sequential"][ref.name]
         out["ratio_fast_vs_reference"] = {
             k: round(out["sequential"][fast.name][k]["median"] / r[k]["median"], 2)
@@ -379,6 +396,8 @@ def print_table(out: dict[str, Any]) -> None:
     for name, ops in out["sequential"].items():
         for op, s in ops.items():
             print(f"{name:34} {op:9} {s['median']:8.2f} {s['p95']:8.2f} {s['n']:4}")
+    for name, f in out.get("floor", {}).items():
+        print(f"{name:34} {'(no-op)':9} {f['median']:8.2f} {f['p95']:8.2f} {f['n']:4}")
     for key in ("ratio_fast_vs_reference", "ratio_calico_fast_vs_reference", "ratio_inproc_vs_reference"):
         if key in out:
             print(f"{key:34} " + "  ".join(f"{op} {v:.2f}" for op, v in out[key].items()))
