@@ -595,6 +595,7 @@ class _SyncState:
     deadlines: dict[str, float | None] = field(default_factory=dict)  # lease name -> deadline (None: gone)
     reaping: dict[str, int] = field(default_factory=dict)  # key -> revision we asked to delete
     checked: dict[str, float] = field(default_factory=dict)  # lease name -> when last fetched
+    next_sweep: float = 0.0  # monotonic time of the next orphaned-lease sweep
 
 
 class KubeDatastore:
@@ -613,6 +614,7 @@ class KubeDatastore:
         timeout: float = DEFAULT_TIMEOUT,
         watch_timeout: int = DEFAULT_WATCH_TIMEOUT,
         poll: float = 0.1,
+        sweep_interval: float = 60.0,
         clock: Clock | None = None,
     ) -> None:
         """`server`: `https://host:port` (or `http://` for the fake); `namespace` holds the TTL Leases.
@@ -636,6 +638,7 @@ class KubeDatastore:
         self.namespace = namespace
         self.watch_timeout = watch_timeout
         self.poll = poll
+        self.sweep_interval = sweep_interval
         self._clock: Clock = clock or _WallClock()
         self._http = _Http(_Config(url.hostname, port, tls, token, token_file), timeout)
         self._closed = False
@@ -1155,8 +1158,35 @@ class KubeDatastore:
         deadline = st.deadlines[lease]
         return deadline is None or deadline <= self._clock.now()
 
+    def _sweep_leases(self, st: _SyncState) -> None:
+        """Delete expired Leases no live key needs (a renewal by `update(ttl=)` orphans the old one).
+
+        Every syncer sweeps; each deletion re-reads the lease and quotes its resourceVersion, so a
+        lease renewed meanwhile survives and racing sweepers only meet 404s and 409s.
+        """
+        now = self._clock.now()
+        in_use = set(st.leased.values())
+        for name, deadline in list(st.deadlines.items()):
+            if deadline is None or deadline > now or name in in_use:
+                continue
+            try:
+                obj = self._req("GET", LEASES.path(self.namespace, name))
+                fresh = lease_deadline(obj)
+                if fresh is not None and fresh > now:
+                    st.deadlines[name] = fresh
+                    continue
+                rv = str(obj["metadata"]["resourceVersion"])
+                body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"resourceVersion": rv}}
+                self._req("DELETE", LEASES.path(self.namespace, name), body, write=True)
+                log.info("kube expired lease deleted", lease=name)
+            except (_ApiError, Unavailable, KeyError, TypeError) as e:
+                log.debug("kube lease sweep skipped", lease=name, error=str(e))
+
     def _check_expiry(self, st: _SyncState, emit: Emit) -> None:
         """Delete (only if unchanged) every known key whose lease ran out; the watch reports it."""
+        if time.monotonic() >= st.next_sweep:
+            st.next_sweep = time.monotonic() + self.sweep_interval
+            self._sweep_leases(st)
         now = self._clock.now()
         for key, lease in list(st.leased.items()):
             rev = st.known.get(key)

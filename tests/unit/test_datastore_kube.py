@@ -555,3 +555,26 @@ def test_deploy_crds_cover_every_kind() -> None:
     bindings = [d for d in docs if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
     assert all(b["subjects"] == [{"kind": "ServiceAccount", "name": "pycni", "namespace": "kube-system"}]
                for b in bindings) and len(bindings) == 2  # fmt: skip
+
+
+def test_syncers_sweep_orphaned_leases(api: FakeKubeApi) -> None:
+    """flannel renews with `update(ttl=)`: each renewal leaves the previous Lease behind until it expires."""
+    clock = FakeClock(start=1_800_000_000.0)
+    ds = KubeDatastore(api.url, clock=clock, timeout=2, sweep_interval=0.1)
+    try:
+        v1 = ds.create("/s/lease", "a", ttl=10)
+        v2 = ds.update("/s/lease", "b", revision=v1.revision, ttl=30)
+        assert len(api.objects("coordination.k8s.io", "leases")) == 2
+        rec = Recorder()
+        with syncing(ds, ["/s/"], rec):
+            eventually(lambda: rec.in_sync_count() == 1, 5)
+            clock.advance(11)  # the first lease expires; the key lives on under the second
+            eventually(lambda: len(api.objects("coordination.k8s.io", "leases")) == 1, 5, "the sweep")
+            (left,) = api.objects("coordination.k8s.io", "leases")
+            assert left["metadata"]["name"] == K.lease_name(v2.lease)
+            assert ds.get("/s/lease") == v2
+            clock.advance(20)
+            eventually(lambda: rec.has("/s/lease", None), 5, "the key's expiry")
+            eventually(lambda: api.objects("coordination.k8s.io", "leases") == [], 5, "its lease gone too")
+    finally:
+        ds.close()
