@@ -49,7 +49,7 @@ lane_e2e() {
 lane_uml() {
   # Runs every `uml`-marked test inside User-Mode-Linux (ipip); scripts/uml-run fails loudly when
   # the guest cannot boot or report a status, so this lane never passes by not running.
-  UML_RESULTS="$REPO/$RESULTS/uml" UML_TIMEOUT=${UML_TIMEOUT:-1200} \
+  UML_RESULTS="$REPO/$RESULTS/uml" UML_TIMEOUT=${UML_TIMEOUT:-1500} \
     ./scripts/uml-run "$PY" -m pytest -q -m uml tests --junitxml="$REPO/$RESULTS/uml/uml.xml"
 }
 

@@ -14,6 +14,7 @@ import pytest
 
 REQUIRE_ALL = os.environ.get("PYCNI_REQUIRE_ALL") == "1"
 IN_UML = os.environ.get("PYCNI_IN_UML") == "1"
+UML_TEST_TIMEOUT = int(os.environ.get("PYCNI_UML_TEST_TIMEOUT", "900"))
 
 _TOOLS = {"etcd": ["etcd"], "bgp": ["exabgp"], "lab": ["etcd"]}
 
@@ -33,6 +34,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if "uml" in item.keywords and not IN_UML:
             item.add_marker(pytest.mark.skip(reason="runs only inside the UML lane (scripts/uml-run)"))
             continue
+        if IN_UML and item.get_closest_marker("timeout") is None:
+            # One slow CPU and a syscall trap per guest syscall: a Python process starts in 3-4 s
+            # there, so the default per-test timeout (pyproject) is far too short for a lab test.
+            item.add_marker(pytest.mark.timeout(UML_TEST_TIMEOUT))
         for marker in ("privileged", "etcd", "bgp", "lab"):
             if marker in item.keywords:
                 why = _missing(marker)
