@@ -578,3 +578,101 @@ def test_syncers_sweep_orphaned_leases(api: FakeKubeApi) -> None:
             eventually(lambda: api.objects("coordination.k8s.io", "leases") == [], 5, "its lease gone too")
     finally:
         ds.close()
+
+
+# -- the real consumers on the Kubernetes datastore ---------------------------------------------------
+def test_calico_ipam_races_on_two_nodes_and_writes_calico_crds(api: FakeKubeApi) -> None:
+    import ipaddress
+
+    from pycni.datastore import calico
+    from pycni.ipam import keys
+    from pycni.ipam.allocator import BlockAllocator
+    from pycni.ipam.block import AllocationBlock
+
+    clients = [KubeDatastore(api.url, timeout=5) for _ in range(2)]
+    try:
+        pool = {"kind": "IPPool", "apiVersion": "projectcalico.org/v3",
+                "metadata": {"name": "default-ipv4-ippool"},
+                "spec": {"cidr": "10.244.0.0/24", "blockSize": 26, "ipipMode": "Never", "vxlanMode": "Never",
+                         "natOutgoing": True, "disabled": False, "nodeSelector": "all()"}}  # fmt: skip
+        clients[0].put(calico.resource_key(calico.IPPool, "default-ipv4-ippool"), json.dumps(pool))
+        got: dict[str, list[str]] = {}
+        errors: list[BaseException] = []
+
+        def node(i: int) -> None:
+            a = BlockAllocator(clients[i], node=f"node-{i}", sleep=lambda s: None)
+            try:
+                for p in range(12):
+                    (ip,) = a.auto_assign(f"k8s-pod-network.n{i}p{p}", {"node": f"node-{i}", "pod": f"p{p}"})
+                    got[f"n{i}p{p}"] = [str(ip.ip)]
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=node, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert not errors, errors
+        ips = [ip for v in got.values() for ip in v]
+        assert len(ips) == 24 and len(set(ips)) == 24
+        blocks = api.objects(CALICO_GROUP, "ipamblocks")
+        affinities = api.objects(CALICO_GROUP, "blockaffinities")
+        handles = api.objects(CALICO_GROUP, "ipamhandles")
+        assert len(handles) == 24 and all(h["spec"]["handleID"] == h["metadata"]["name"] for h in handles)
+        assert {b["spec"]["affinity"] for b in blocks} == {"host:node-0", "host:node-1"}
+        for aff in affinities:
+            assert aff["spec"]["state"] == "confirmed"
+            cidr = ipaddress.ip_network(aff["spec"]["cidr"])
+            assert (
+                aff["metadata"]["name"]
+                == f"{aff['spec']['node']}-{K.cidr_to_name(f'{cidr.network_address}-26')}"
+            )
+        for b in blocks:  # what is stored decodes with pycni's own block codec
+            v = clients[1].get(keys.block_key(ipaddress.ip_network(b["spec"]["cidr"])))
+            assert v is not None
+            AllocationBlock.from_json(v.value)
+        assert BlockAllocator(clients[1], node="node-0").release_by_handle("k8s-pod-network.n0p0") == [
+            ipaddress.ip_address(got["n0p0"][0])
+        ]
+        assert not any(
+            h["metadata"]["name"] == "k8s-pod-network.n0p0" for h in api.objects(CALICO_GROUP, "ipamhandles")
+        )
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_flannel_lease_manager_on_the_kube_datastore(api: FakeKubeApi) -> None:
+    import random
+
+    from pycni.datastore.flannel import LeaseAttrs, parse_config, subnet_key
+    from pycni.flannel.lease import LeaseManager
+
+    cfg = parse_config('{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw"}}')
+    clock = FakeClock(start=1_800_000_000.0)
+    ds = KubeDatastore(api.url, clock=clock, timeout=5)
+    try:
+        import ipaddress
+
+        mgrs = [LeaseManager(ds, cfg, LeaseAttrs(ipaddress.IPv4Address(f"10.99.0.{i}"), "host-gw"),
+                             clock=clock, ttl=3600, renew_margin=600, rng=random.Random(i))
+                for i in (1, 2)]  # fmt: skip
+        leases = [m.acquire() for m in mgrs]
+        assert leases[0].subnet != leases[1].subnet
+        v = ds.get(subnet_key(leases[0].subnet))
+        assert v is not None and v.lease != 0 and json.loads(v.value)["PublicIP"] == "10.99.0.1"
+        assert {o["spec"]["key"] for o in api.objects("pycni.dev", "keyvalues")} == {
+            subnet_key(le.subnet) for le in leases
+        }
+        clock.advance(3000)
+        assert mgrs[0].tick() and mgrs[0].renewals == 1
+        clock.advance(1000)  # past the first lease's original TTL: only the renewed one lives
+        assert ds.get(subnet_key(leases[0].subnet)) is not None
+        assert ds.get(subnet_key(leases[1].subnet)) is None  # never renewed: expired
+        again = LeaseManager(
+            ds, cfg, LeaseAttrs(ipaddress.IPv4Address("10.99.0.1"), "host-gw"), clock=clock
+        ).acquire()
+        assert again.subnet == leases[0].subnet  # a restarted flanneld takes its own lease back
+    finally:
+        ds.close()
