@@ -148,6 +148,18 @@ def test_cli_up_pods_ping_status_down() -> None:
         st = json.loads(ctl("status", "--name", NAME, "--json").stdout)
         assert st["state"] == "up" and [n["ip"] for n in st["nodes"]] == ["10.99.0.11", "10.99.1.12"]
         assert ctl("exec", "--name", NAME, "n2/db", "--", "ping", "-c1", "-W2", "10.244.1.2").returncode == 0
+        # n2 is on segment 1: etcd (segment 0) answers through the router.
+        ctl(
+            "exec",
+            "--name",
+            NAME,
+            "n2",
+            "--",
+            "etcdctl",
+            f"--endpoints={plan.etcd_endpoint()}",
+            "endpoint",
+            "health",
+        )
         bad = ctl("pod", "add", "--name", NAME, "n9", "x", check=False)
         assert bad.returncode == 2 and "no node" in bad.stderr and "Traceback" not in bad.stderr
     finally:
