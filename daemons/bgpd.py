@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iface", default="", help="underlay device (default: ask the kernel per next hop)")
     p.add_argument("--exabgp", default="", help="exabgp binary (default: the venv's, else PATH)")
     p.add_argument("--exabgp-user", default="nobody", help="user exabgp runs as (it only needs port 179)")
+    p.add_argument("--exabgp-env", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra exabgp environment, e.g. exabgp.reactor.speed=0.2 (repeatable)")
     p.add_argument("--bgp-port", type=int, default=179)
     p.add_argument("--hold-time", type=int, default=90)
     p.add_argument("--graceful-restart", type=int, default=120, help="restart time we advertise (s)")
@@ -127,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     announcer: Announcer
     exa: ExaBgp
     config: ExaBgpConfig
-    routes = LearnedRoutes(nl, proto=RTPROT_BGPD)
+    from pycni.cni.rtnl import Rtnl
+
+    routes = LearnedRoutes(nl, proto=RTPROT_BGPD, fast=Rtnl())
     agent: Agent[BgpSpec]
 
     def program(spec: BgpSpec) -> None:
@@ -146,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     exa = ExaBgp(conf_path=os.path.join(run_dir, "exabgp.conf"),
                  api_socket=os.path.join(run_dir, "exabgp-api.sock"),
                  on_event=speaker.handle, on_restart=on_restart, port=args.bgp_port, user=args.exabgp_user,
-                 exabgp=args.exabgp or None)
+                 exabgp=args.exabgp or None,
+                 extra_env=dict(kv.split("=", 1) for kv in args.exabgp_env if "=" in kv))
     config = ExaBgpConfig(exa, hold_time=args.hold_time, graceful_restart=args.graceful_restart)
     announcer = Announcer(exa.send)
     for drv, prog in ((config, program), (announcer, announcer.set_spec), (routes, routes.set_spec)):
@@ -195,8 +200,15 @@ def main(argv: list[str] | None = None) -> int:
     log.info("bgpd started", node=nodename, run_dir=run_dir, status_socket=status_path)
     try:
         while not stop.is_set():
-            agent.step(timeout=min(agent.next_wakeup(), 1.0))
+            t0 = time.monotonic()
+            applied = agent.step(timeout=min(agent.next_wakeup(), 1.0))
             heartbeat[0] = time.monotonic()
+            spent = heartbeat[0] - t0
+            if applied and spent > 0.02:
+                # A costly step means a burst (a peer sending a thousand routes in 50-route
+                # UPDATEs): let it accumulate, since a whole calc per UPDATE would make it
+                # quadratic. Cheap steps (one route) never wait.
+                stop.wait(min(spent, 0.1))
     finally:
         log.info("bgpd stopping (kernel routes kept for graceful restart)")
         exa.stop()

@@ -35,9 +35,9 @@ Key = tuple[IPAddress, IPNetwork]
 class Announcer:
     name = "announcer"
 
-    def __init__(self, send: Callable[[Sequence[str]], list[bool]], *, batch: int = 2000) -> None:
+    def __init__(self, send: Callable[[Sequence[str]], list[bool]], *, group: int = 200) -> None:
         self._send = send
-        self._batch = batch
+        self._group = group
         self.tracker: DeltaTracker[Key, Announcement] = DeltaTracker()
         self._peers: set[IPAddress] = set()
         self._sessions: Mapping[IPAddress, PeerSession] = {}
@@ -62,36 +62,68 @@ class Announcer:
     def apply(self) -> bool:
         if not self.ready:
             return True
-        ok = True
-        dels = list(self.tracker.pending_deletions())
-        ups = list(self.tracker.pending_updates())
-        ops: list[tuple[str, Key, Announcement | None]] = []
-        for key, _ in dels:
+        # Group: prefixes with the same attributes going to the same set of neighbours make one
+        # command (`neighbor A , neighbor B announce attributes ... nlri P1 P2 ...`, up to `group`
+        # prefixes): exabgp's API intake is per prefix and per command, not per neighbour. Only
+        # neighbours exabgp has reported on are grouped: a neighbour a reload has not created yet
+        # must fail alone (exabgp acks a group `done` when at least one neighbour matched).
+        known = set(self._sessions)
+        withdraw_to: dict[IPNetwork, set[IPAddress]] = {}
+        for key, _ in self.tracker.pending_deletions():
             if key[0] not in self._peers:
                 self.tracker.on_dataplane_deleted(key)  # neighbour gone from exabgp with its RIB
                 continue
-            ops.append((exabgp_api.withdraw_cmd(key[0], key[1]), key, None))
-        for key, ann in ups:
-            ops.append((exabgp_api.announce_cmd(key[0], key[1], ann), key, ann))
-        for i in range(0, len(ops), self._batch):
-            chunk = ops[i:i + self._batch]
+            withdraw_to.setdefault(key[1], set()).add(key[0])
+        announce_to: dict[tuple[Announcement, IPNetwork], set[IPAddress]] = {}
+        for key, ann in self.tracker.pending_updates():
+            announce_to.setdefault((ann, key[1]), set()).add(key[0])
+        groups: dict[tuple[Announcement | None, tuple[IPAddress, ...]], list[IPNetwork]] = {}
+
+        def add(ann: Announcement | None, prefix: IPNetwork, peers: set[IPAddress]) -> None:
+            together = tuple(sorted(peers & known, key=lambda a: (a.version, int(a))))
+            if together:
+                groups.setdefault((ann, together), []).append(prefix)
+            for p in sorted(peers - known, key=lambda a: (a.version, int(a))):
+                groups.setdefault((ann, (p,)), []).append(prefix)
+
+        for prefix, to in withdraw_to.items():
+            add(None, prefix, to)
+        for (ann, prefix), to in announce_to.items():
+            add(ann, prefix, to)
+        ops: list[tuple[str, list[Key], Announcement | None]] = []
+        order = sorted(groups.items(), key=lambda g: (g[0][0] is not None, [str(p) for p in g[0][1]]))
+        for (what, targets), pfxs in order:
+            for i in range(0, len(pfxs), self._group):
+                chunk = pfxs[i:i + self._group]
+                single = len(chunk) == 1 and len(targets) == 1
+                if what is None:
+                    cmd = (exabgp_api.withdraw_cmd(targets[0], chunk[0]) if single
+                           else exabgp_api.withdraw_many_cmd(targets, chunk))
+                else:
+                    cmd = (exabgp_api.announce_cmd(targets[0], chunk[0], what) if single
+                           else exabgp_api.announce_many_cmd(targets, chunk, what))
+                ops.append((cmd, [(p, x) for p in targets for x in chunk], what))
+        ok = True
+        if ops:
             try:
-                acks = self._send([c for c, _, _ in chunk])
+                acks = self._send([c for c, _, _ in ops])
             except Transient as e:
-                log.warning("announce failed", error=str(e), pending=len(ops) - i)
+                log.warning("announce failed", error=str(e), pending=len(ops))
                 return False
             errors = 0
-            for (cmd, key, a), good in zip(chunk, acks, strict=True):
+            for (cmd, keys, a), good in zip(ops, acks, strict=True):
                 if not good:
                     errors += 1
                     ok = False
-                    log.debug("exabgp refused", command=cmd)
+                    log.debug("exabgp refused", command=cmd[:200])
                     continue
-                if a is None:
-                    self.tracker.on_dataplane_deleted(key)
-                else:
-                    self.tracker.on_dataplane_set(key, a)
-            log.info("announcements sent", commands=len(chunk), errors=errors)
+                for key in keys:
+                    if a is None:
+                        self.tracker.on_dataplane_deleted(key)
+                    else:
+                        self.tracker.on_dataplane_set(key, a)
+            log.info("announcements sent", commands=len(ops), routes=sum(len(k) for _, k, _ in ops),
+                     errors=errors)
         if ok:
             ok = self._send_eors()
         return ok

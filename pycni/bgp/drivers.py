@@ -8,14 +8,17 @@ unchanged (same session, same adj-RIB-out), re-establishes changed ones and remo
 
 `LearnedRoutes` owns the kernel routes with our protocol number (RTPROT_BGPD, `ip route` shows
 `proto 81` or `pycni-bgpd`): it dumps them on resync, replaces what differs and deletes what is not
-desired, except while `hold_deletions` (our own graceful restart: routes from the previous run stay
-until the peers have re-sent theirs). Once deletions are allowed they stay allowed. Routes are
-compared on what we set (gateway, device, onlink, type), so kernel-filled fields never cause churn.
+desired (through a raw rtnetlink socket when given one: see `LearnedRoutes.__init__`), except
+while `hold_deletions` (our own graceful restart: routes from the previous run stay until the peers
+have re-sent theirs). Once deletions are allowed they stay allowed. Routes are
+compared on what we set (gateway, device, type), so kernel-filled fields never cause churn.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
+import socket
 from dataclasses import replace
 
 import structlog
@@ -23,6 +26,7 @@ import structlog
 from pycni.bgp.exabgp_conf import SpeakerSettings, render, write_atomic
 from pycni.bgp.exabgp_process import ExaBgp
 from pycni.calc.bgp import BgpSpec
+from pycni.cni.rtnl import Rtnl
 from pycni.constants import MAIN_TABLE, RTPROT_BGPD
 from pycni.dataplane.delta import DeltaTracker
 from pycni.dataplane.netlink import IPNetwork, Netlink, NetlinkError, Route
@@ -83,14 +87,20 @@ class ExaBgpConfig:
 
 
 def _norm(r: Route) -> tuple[object, ...]:
-    return (r.dst, r.gateway, r.oif, r.onlink, r.type)
+    # onlink is implied by our tunl0 routes and not in the fast dump; compare what identifies a path
+    return (r.dst, r.gateway, r.oif, r.type)
 
 
 class LearnedRoutes:
     name = "bgp-routes"
 
-    def __init__(self, nl: Netlink, *, proto: int = RTPROT_BGPD, table: int = MAIN_TABLE) -> None:
+    def __init__(self, nl: Netlink, *, proto: int = RTPROT_BGPD, table: int = MAIN_TABLE,
+                 fast: Rtnl | None = None) -> None:
+        """`fast`: a raw rtnetlink socket in the same netns (pycni.cni.rtnl) for dumps and plain
+        unicast writes: pyroute2 costs 1.4-5 ms per route here, the kernel ~50 us, and a peer may
+        send a thousand routes at once. Onlink (tunl0) routes still go through `nl`."""
         self.nl = nl
+        self.fast = fast
         self.proto = proto
         self.table = table
         self.tracker: DeltaTracker[IPNetwork, tuple[object, ...]] = DeltaTracker()
@@ -100,6 +110,7 @@ class LearnedRoutes:
         self._ready = False
         self.hold_deletions = True
         self._released = False
+        self._ifindex: dict[str, int] = {}
 
     def set_spec(self, spec: BgpSpec) -> None:
         self._ready = spec.ready
@@ -115,31 +126,67 @@ class LearnedRoutes:
     def queue_resync(self) -> None:
         self._resync = True
 
+    def _dump(self) -> dict[IPNetwork, Route]:
+        if self.fast is None or self.table != MAIN_TABLE:
+            return {r.dst: r for r in self.nl.routes(table=self.table, proto=self.proto)}
+        names = {li.index: li.name for li in self.fast.links()}
+        self._ifindex = {n: i for i, n in names.items()}
+        out: dict[IPNetwork, Route] = {}
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for ri in self.fast.routes(family):
+                if ri.proto != self.proto:
+                    continue
+                gw = ipaddress.ip_address(ri.gateway) if ri.gateway else None
+                out[ri.dst] = Route(dst=ri.dst, gateway=gw, oif=names.get(ri.oif), proto=ri.proto,
+                                    table=ri.table, scope=ri.scope)
+        return out
+
+    def _replace(self, r: Route) -> None:
+        if self.fast is None or r.onlink or r.type != "unicast" or r.table != MAIN_TABLE or not r.oif:
+            self.nl.route_replace(r)
+            return
+        idx = self._ifindex.get(r.oif)
+        if idx is None:
+            li = self.fast.link_get(r.oif)
+            if li is None:
+                raise NetlinkError(f"no such device: {r.oif}", errno.ENODEV)
+            idx = self._ifindex[r.oif] = li.index
+        self.fast.route_add(r.dst, oif=idx, gateway=r.gateway, proto=self.proto, scope=r.scope, replace=True)
+
+    def _delete(self, r: Route) -> None:
+        if self.fast is None or r.table != MAIN_TABLE:
+            self.nl.route_delete(r)
+        else:
+            self.fast.route_del(r.dst, proto=self.proto)
+
     def apply(self) -> bool:
         if not self._ready:
             return True
         if self._resync:
-            kernel = {r.dst: r for r in self.nl.routes(table=self.table, proto=self.proto)}
+            kernel = self._dump()
             self._kernel = kernel
             self.tracker.replace_dataplane({d: _norm(r) for d, r in kernel.items()})
             self._resync = False
         ok = True
+        n_set = n_del = 0
         for dst, _ in self.tracker.pending_updates():
             r = self._routes[dst]
             try:
-                self.nl.route_replace(r)
+                self._replace(r)
             except NetlinkError as e:
                 ok = False
+                self._ifindex.pop(r.oif or "", None)
                 log.warning("route replace failed", dst=str(dst), via=str(r.gateway), dev=r.oif, error=str(e))
                 continue
             self.tracker.on_dataplane_set(dst, _norm(r))
             self._kernel[dst] = r
-            log.info("route replaced", dst=str(dst), via=str(r.gateway), dev=r.oif)
+            n_set += 1
+            log.debug("route replaced", dst=str(dst), via=str(r.gateway), dev=r.oif)
         if not self.hold_deletions:
             for dst, _ in self.tracker.pending_deletions():
                 r = self._kernel.get(dst) or Route(dst=dst, proto=self.proto, table=self.table)
                 try:
-                    self.nl.route_delete(r)
+                    self._delete(r)
                 except NetlinkError as e:
                     if e.errno not in (errno.ESRCH, errno.ENOENT):
                         ok = False
@@ -147,5 +194,8 @@ class LearnedRoutes:
                         continue
                 self.tracker.on_dataplane_deleted(dst)
                 self._kernel.pop(dst, None)
-                log.info("route deleted", dst=str(dst))
+                n_del += 1
+                log.debug("route deleted", dst=str(dst))
+        if n_set or n_del:
+            log.info("routes applied", replaced=n_set, deleted=n_del, total=len(self._routes))
         return ok

@@ -219,7 +219,11 @@ class Announcement:
 
 
 def announce_cmd(peer: IPAddress | str, prefix: IPNetwork | str, a: Announcement) -> str:
-    parts = [f"neighbor {peer} announce route {prefix} next-hop {a.next_hop}"]
+    return f"neighbor {peer} announce route {prefix} {_attr_text(a)}"
+
+
+def _attr_text(a: Announcement) -> str:
+    parts = [f"next-hop {a.next_hop}"]
     if a.origin != "igp":
         parts.append(f"origin {a.origin}")
     if a.as_path:
@@ -235,6 +239,30 @@ def announce_cmd(peer: IPAddress | str, prefix: IPNetwork | str, a: Announcement
     if a.communities:
         parts.append("community [ " + " ".join(a.communities) + " ]")
     return " ".join(parts)
+
+
+Peers = IPAddress | str | Sequence[IPAddress | str]
+Prefixes = Sequence[IPNetwork | str]
+
+
+def _selector(peers: Peers) -> str:
+    if isinstance(peers, str) or not isinstance(peers, Sequence):
+        return f"neighbor {peers}"
+    return " , ".join(f"neighbor {p}" for p in peers)
+
+
+def _nlri(prefixes: Prefixes) -> str:
+    return "nlri " + " ".join(str(p) for p in prefixes)
+
+
+def announce_many_cmd(peers: Peers, prefixes: Prefixes, a: Announcement) -> str:
+    """One command for many prefixes sharing their attributes, to one or several neighbours (one ack;
+    exabgp handles each prefix once for all the neighbours named, `neighbor A , neighbor B ...`)."""
+    return f"{_selector(peers)} announce attributes {_attr_text(a)} {_nlri(prefixes)}"
+
+
+def withdraw_many_cmd(peers: Peers, prefixes: Prefixes) -> str:
+    return f"{_selector(peers)} withdraw attributes next-hop self {_nlri(prefixes)}"
 
 
 def withdraw_cmd(peer: IPAddress | str, prefix: IPNetwork | str) -> str:

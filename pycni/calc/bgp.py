@@ -33,6 +33,8 @@ has sent End-of-RIB on its current session or the restart window has closed.
 
 from __future__ import annotations
 
+import bisect
+import functools
 import ipaddress
 import json
 import re
@@ -43,7 +45,6 @@ from typing import Any
 import structlog
 
 from pycni.bgp.exabgp_api import Announcement, RouteAttrs
-from pycni.calc.encap import pool_for, route_kind
 from pycni.constants import IPIP_DEV, RTPROT_BGPD
 from pycni.dataplane.netlink import Route
 from pycni.datastore.calico import (
@@ -247,20 +248,61 @@ def _bgp_config(snap: Snapshot) -> BGPConfiguration | None:
     return None
 
 
+@functools.lru_cache(maxsize=65536)
+def _affinity(key: str, value: str, nodename: str) -> IPNetwork | None:
+    parsed = parse_affinity_key(key)
+    if parsed is None or parsed[0] != nodename:
+        return None
+    try:
+        aff = BlockAffinity.from_json(value)
+    except Exception:  # noqa: BLE001 - a bad record is skipped, not fatal
+        log.warning("bad block affinity skipped", key=key)
+        return None
+    return parsed[1] if aff.state == STATE_CONFIRMED and not aff.deleted else None
+
+
 def own_blocks(snap: Snapshot, nodename: str) -> list[IPNetwork]:
-    out = []
-    for key, value in snap.items(f"{HOST_PREFIX}{nodename}/"):
-        parsed = parse_affinity_key(key)
-        if parsed is None or parsed[0] != nodename:
-            continue
-        try:
-            aff = BlockAffinity.from_json(value)
-        except Exception:  # noqa: BLE001 - a bad record is skipped, not fatal
-            log.warning("bad block affinity skipped", key=key)
-            continue
-        if aff.state == STATE_CONFIRMED and not aff.deleted:
-            out.append(parsed[1])
+    items = snap.items(f"{HOST_PREFIX}{nodename}/")
+    out = [b for k, v in items if (b := _affinity(k, v, nodename)) is not None]
     return sorted(out, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+
+
+@functools.lru_cache(maxsize=131072)
+def _learned(key: str, value: str) -> tuple[IPAddress, IPNetwork, RouteAttrs] | None:
+    """Parse one learned-route record (memoised: calc runs on every batch, records rarely change)."""
+    parsed = parse_learned_key(key)
+    if parsed is None:
+        return None
+    try:
+        attrs = RouteAttrs.from_json(json.loads(value))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        log.warning("bad learned route skipped", key=key)
+        return None
+    return parsed[0], parsed[1], attrs
+
+
+class _Nets:
+    """Fast containment/overlap lookups over a fixed set of networks (ipaddress is slow per call)."""
+
+    def __init__(self, items: Iterable[tuple[IPNetwork, Any]]) -> None:
+        rows = sorted(((n.version, int(n.network_address), int(n.broadcast_address), n.prefixlen, v)
+                       for n, v in items), key=lambda r: (r[0], r[1]))
+        self._rows = rows
+        self._starts = [(r[0], r[1]) for r in rows]
+
+    def overlapping(self, net: IPNetwork) -> list[tuple[int, Any]]:
+        """(prefix length, value) of every network overlapping `net` (rows starting after it are skipped)."""
+        lo, hi, ver = int(net.network_address), int(net.broadcast_address), net.version
+        end = bisect.bisect_right(self._starts, (ver, hi))
+        return [(r[3], r[4]) for r in self._rows[:end] if r[0] == ver and r[2] >= lo]
+
+    def containing(self, net: IPNetwork) -> Any:
+        """The value of the most specific network containing `net`, or None."""
+        best: tuple[int, Any] | None = None
+        for plen, val in self.overlapping(net):
+            if plen <= net.prefixlen and (best is None or plen > best[0]):
+                best = (plen, val)
+        return best[1] if best is not None else None
 
 
 def peers_for(snap: Snapshot, me: Node, nodes: Mapping[str, Node], cfg: BGPConfiguration | None,
@@ -376,10 +418,12 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
     pools = list(decode_all(snap.items(IPPOOLS_PREFIX), IPPool))
     program = cfg.program_cluster_routes if cfg is not None else ""
 
+    pool_index = _Nets((p.cidr, p) for p in pools)
     blocks = own_blocks(snap, ctx.nodename)
+    block_index = _Nets((b, b) for b in blocks)
     exported = []
     for b in blocks:
-        pool = pool_for(b, pools)
+        pool = pool_index.containing(b)
         if pool is not None and (pool.disabled or pool.disable_bgp_export):
             continue
         exported.append(b)
@@ -393,28 +437,24 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
     by_prefix: dict[IPNetwork, list[tuple[IPAddress, RouteAttrs]]] = {}
     router_id = str(my_ip)
     for key, value in snap.items(LEARNED_PREFIX):
-        parsed = parse_learned_key(key)
-        if parsed is None:
+        rec = _learned(key, value)
+        if rec is None:
             continue
-        peer, prefix = parsed
+        peer, prefix, attrs = rec
         if peer not in peer_by_addr:
-            continue
-        try:
-            attrs = RouteAttrs.from_json(json.loads(value))
-        except (ValueError, KeyError, TypeError):
-            log.warning("bad learned route skipped", key=key)
             continue
         if cluster and cluster in attrs.cluster_list:
             continue
         if attrs.originator_id == router_id or attrs.next_hop == my_ip:
             continue
-        if any(prefix.overlaps(b) for b in blocks if b.version == prefix.version):  # type: ignore[arg-type]
+        if blocks and block_index.overlapping(prefix):
             continue
         by_prefix.setdefault(prefix, []).append((peer, attrs))
 
     routes: dict[IPNetwork, Route] = {}
     for prefix in sorted(by_prefix, key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
-        src, attrs = _best(by_prefix[prefix])
+        cands = by_prefix[prefix]
+        src, attrs = cands[0] if len(cands) == 1 else _best(cands)
         # reflection
         if cluster:
             sp = peer_by_addr[src]
@@ -433,7 +473,7 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
                         cluster_list=(cluster, *attrs.cluster_list),
                         communities=attrs.communities,
                     )
-        r = _kernel_route(prefix, attrs.next_hop, pools, program, my_iface, ctx)
+        r = _kernel_route(prefix, attrs.next_hop, pool_index.containing(prefix), program, my_iface, ctx)
         if r is not None:
             routes[prefix] = r
 
@@ -447,21 +487,35 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
     )
 
 
-def _kernel_route(prefix: IPNetwork, nh: IPAddress, pools: Iterable[IPPool], program: str,
-                  my_iface: IPInterface, ctx: BgpContext) -> Route | None:
+_RESOLVE = Route(dst=ipaddress.ip_network("0.0.0.0/32"))  # sentinel: ask the kernel
+
+
+@functools.lru_cache(maxsize=131072)
+def _route_for(prefix: IPNetwork, nh: IPAddress, encap: tuple[str, str] | None, program: str,
+               my_iface: IPInterface, iface: str) -> Route | None:
+    """The kernel route for one learned path, or `_RESOLVE` (memoised: calc runs on every batch)."""
     if program == "Disabled" or nh.version != prefix.version:
         return None
-    pool = pool_for(prefix, pools)
-    if pool is not None:
-        if pool.vxlan_mode != "Never":
+    if encap is not None:
+        ipip, vxlan = encap
+        if vxlan != "Never":
             return None  # VXLAN pools: felix, always
-        if pool.ipip_mode != "Never":
+        if ipip != "Never":
             if program != "Enabled":
                 return None  # IPIP pools: felix by default (programClusterRoutes)
-            if route_kind(pool, my_iface, nh) == "ipip":
+            if ipip == "Always" or nh not in my_iface.network:
                 return Route(dst=prefix, gateway=nh, oif=IPIP_DEV, onlink=True, proto=RTPROT_BGPD)
-    if ctx.iface and nh in my_iface.network:
-        return Route(dst=prefix, gateway=nh, oif=ctx.iface, proto=RTPROT_BGPD)
+    if iface and nh in my_iface.network:
+        return Route(dst=prefix, gateway=nh, oif=iface, proto=RTPROT_BGPD)
+    return _RESOLVE
+
+
+def _kernel_route(prefix: IPNetwork, nh: IPAddress, pool: IPPool | None, program: str,
+                  my_iface: IPInterface, ctx: BgpContext) -> Route | None:
+    encap = (pool.ipip_mode, pool.vxlan_mode) if pool is not None else None
+    r = _route_for(prefix, nh, encap, program, my_iface, ctx.iface)
+    if r is not _RESOLVE:
+        return r
     # Ask the kernel how the next hop is reached: on-link (no gateway) or, for a next hop outside
     # our subnet, through a gateway (BIRD's `gateway recursive`).
     if ctx.resolve is None:

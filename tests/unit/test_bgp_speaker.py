@@ -118,7 +118,7 @@ def spec(
 
 def test_announcer_minimal_commands_errors_retry_and_eor() -> None:
     exa = FakeExa()
-    a = Announcer(exa)
+    a = Announcer(exa, group=1)
     b1, b2 = net("10.244.1.0/26"), net("10.244.9.0/26")
     up = {"10.99.0.12": PeerSession(state="up", session=1)}
     a.set_spec(spec({(P, b1): Announcement(), (P, b2): Announcement()}, sessions=up))
@@ -138,6 +138,41 @@ def test_announcer_minimal_commands_errors_retry_and_eor() -> None:
     assert a.apply() is True and exa.sent == []  # in sync; EOR once per session
     a.set_spec(spec({(P, b1): Announcement()}, sessions=up))
     assert a.apply() is True and exa.sent == ["neighbor 10.99.0.12 withdraw route 10.244.9.0/26"]
+
+
+def test_announcer_groups_prefixes_sharing_attributes() -> None:
+    exa = FakeExa()
+    a = Announcer(exa, group=2)
+    bs = [net(f"10.244.{i}.0/26") for i in range(3)]
+    a.set_spec(spec({(P, b): Announcement() for b in bs}))
+    assert a.apply()
+    assert exa.sent == [
+        "neighbor 10.99.0.12 announce attributes next-hop self nlri 10.244.0.0/26 10.244.1.0/26",
+        "neighbor 10.99.0.12 announce route 10.244.2.0/26 next-hop self",
+    ]
+    exa.sent = []
+    a.set_spec(spec({}))
+    assert a.apply() and exa.sent == [
+        "neighbor 10.99.0.12 withdraw attributes next-hop self nlri 10.244.0.0/26 10.244.1.0/26",
+        "neighbor 10.99.0.12 withdraw route 10.244.2.0/26",
+    ]
+
+
+def test_announcer_groups_neighbours_exabgp_knows() -> None:
+    exa = FakeExa()
+    a = Announcer(exa)
+    q, new = ip("10.99.0.13"), ip("10.99.0.14")
+    b = net("10.244.1.0/26")
+    known = {"10.99.0.12": PeerSession(state="up", session=1), "10.99.0.13": PeerSession(state="down")}
+    a.set_spec(spec({(P, b): Announcement(), (q, b): Announcement(), (new, b): Announcement()},
+                    peers=("10.99.0.12", "10.99.0.13", "10.99.0.14"), sessions=known))
+    exa.refuse = {"neighbor 10.99.0.14 announce route 10.244.1.0/26 next-hop self"}
+    assert a.apply() is False
+    assert exa.sent == [
+        "neighbor 10.99.0.12 , neighbor 10.99.0.13 announce attributes next-hop self nlri 10.244.1.0/26",
+        "neighbor 10.99.0.14 announce route 10.244.1.0/26 next-hop self",
+    ]
+    assert set(a.tracker.dataplane) == {(P, b), (q, b)}
 
 
 def test_announcer_resends_everything_after_exabgp_restart_and_skips_removed_peers() -> None:
