@@ -174,3 +174,18 @@ def test_ipip_on_fake_with_module() -> None:
     r = felix_routes(nl)[N("10.244.2.0/26")]
     assert (r.gateway, r.oif, r.onlink) == (A("10.99.0.12"), "tunl0", True)
     assert nl.link("vxlan.calico") is None
+
+
+def test_restart_with_vxlan_switched_off_removes_stale_device() -> None:
+    nl = world()
+    agent, emit = agent_for(nl)
+    feed(emit, VX)
+    agent.step()
+    assert nl.link("vxlan.calico") is not None
+    # The pool turns into a no-encap pool while felix is down; the new felix sweeps the device.
+    kvs = [kv_pool()] + VX[1:]
+    agent2, emit2 = agent_for(nl)
+    feed(emit2, kvs)
+    agent2.step()
+    assert nl.link("vxlan.calico") is None
+    assert not any(r.oif == "vxlan.calico" for r in nl.routes())
