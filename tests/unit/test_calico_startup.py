@@ -103,3 +103,20 @@ def test_random_mac_is_local_unicast() -> None:
     mac = random_vxlan_mac(random.Random(1))
     first = int(mac.split(":")[0], 16)
     assert first & 1 == 0 and first & 2 == 2
+
+
+def test_autodetect_and_underlay() -> None:
+    from pycni.calico.startup import autodetect_ip, underlay_for
+    from pycni.dataplane.netlink import Link
+    from pycni.testing.fake_netlink import FakeNetlink
+
+    nl = FakeNetlink("autodetect")
+    nl.link_add(Link(name="cali0000000000a", kind="dummy", up=True))
+    nl.addr_add("cali0000000000a", ipaddress.ip_interface("10.244.0.9/32"))
+    nl.link_add(Link(name="eth0", kind="dummy", mtu=9000, up=True))
+    nl.addr_add("eth0", ipaddress.ip_interface("10.99.0.11/24"))
+    assert autodetect_ip(nl) == (ipaddress.IPv4Interface("10.99.0.11/24"), "eth0")
+    assert underlay_for(nl, ipaddress.IPv4Address("10.99.0.11")) == ("eth0", 9000)
+    ds = MemoryDatastore()
+    node = run_startup(ds, StartupConfig.from_env({"NODENAME": "n1", "IP": "autodetect"}), nl)
+    assert node.ipv4_address == ipaddress.IPv4Interface("10.99.0.11/24")
