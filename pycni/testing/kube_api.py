@@ -585,6 +585,7 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
+                return  # a complete response: the connection stays open for the next request
         except (OSError, _Killed):
             pass
         finally:

@@ -676,3 +676,60 @@ def test_flannel_lease_manager_on_the_kube_datastore(api: FakeKubeApi) -> None:
         assert again.subnet == leases[0].subnet  # a restarted flanneld takes its own lease back
     finally:
         ds.close()
+
+
+def test_the_official_client_agrees_with_the_fake(api: FakeKubeApi, ds: KubeDatastore) -> None:
+    """The `kubernetes` package (the `kube` extra) against FakeKubeApi: paths, bodies, status codes,
+    typed Lease and Node models, and its watch's handling of our chunked stream and of 410."""
+    kubernetes = pytest.importorskip("kubernetes")
+    from kubernetes.client.rest import ApiException
+
+    cfg = kubernetes.client.Configuration()
+    cfg.host = api.url
+    with kubernetes.client.ApiClient(cfg) as ac:
+        co = kubernetes.client.CustomObjectsApi(ac)
+        g, v = CALICO_GROUP, "v1"
+        body = {"apiVersion": f"{g}/{v}", "kind": "IPPool", "metadata": {"name": "p1"},
+                "spec": {"cidr": "10.7.0.0/16"}}  # fmt: skip
+        made = co.create_cluster_custom_object(g, v, "ippools", body)
+        got = ds.get("/calico/resources/v3/projectcalico.org/ippools/p1")
+        assert got is not None and got.revision == int(made["metadata"]["resourceVersion"])
+        with pytest.raises(ApiException) as e:
+            co.create_cluster_custom_object(g, v, "ippools", body)
+        assert e.value.status == 409 and json.loads(e.value.body)["reason"] == "AlreadyExists"
+        stale = {**made, "metadata": {**made["metadata"], "resourceVersion": "1"}}
+        with pytest.raises(ApiException) as e:
+            co.replace_cluster_custom_object(g, v, "ippools", "p1", stale)
+        assert e.value.status == 409
+        listed = co.list_cluster_custom_object(g, v, "ippools")
+        rv = listed["metadata"]["resourceVersion"]
+        assert [i["metadata"]["name"] for i in listed["items"]] == ["p1"]
+
+        ds.put(
+            "/calico/resources/v3/projectcalico.org/ippools/p1",
+            IPPOOL_JSON.replace("default-ipv4-ippool", "p1"),
+        )
+        w = kubernetes.watch.Watch()
+        events = [(ev["type"], ev["object"]["metadata"]["name"])
+                  for ev in w.stream(co.list_cluster_custom_object, g, v, "ippools", resource_version=rv,
+                                     timeout_seconds=1)]  # fmt: skip
+        assert events == [("MODIFIED", "p1")]
+        api.compact()
+        with pytest.raises(ApiException) as e:
+            for _ in kubernetes.watch.Watch().stream(co.list_cluster_custom_object, g, v, "ippools",
+                                                     resource_version=rv, timeout_seconds=1):  # fmt: skip
+                pass
+        assert e.value.status == 410
+
+        lease_v = ds.create("/coreos.com/network/subnets/10.244.9.0-24", "{}", ttl=90)
+        coord = kubernetes.client.CoordinationV1Api(ac)
+        (lease,) = coord.list_namespaced_lease("kube-system").items
+        assert lease.metadata.name == K.lease_name(lease_v.lease) and lease.spec.lease_duration_seconds == 90
+        assert lease.spec.renew_time.timestamp() == pytest.approx(1_800_000_000.0, abs=1e-3)
+        core = kubernetes.client.CoreV1Api(ac)
+        core.create_node(kubernetes.client.V1Node(metadata=kubernetes.client.V1ObjectMeta(name="node-1")))
+        assert [n.metadata.name for n in core.list_node().items] == ["node-1"]
+        core.delete_node("node-1")
+        with pytest.raises(ApiException) as e:
+            core.read_node("node-1")
+        assert e.value.status == 404
