@@ -138,7 +138,13 @@ def main(argv: list[str] | None = None) -> int:
         config.set_spec(spec)
 
     stop = threading.Event()
-    agent = Agent(name="bgpd", calc=lambda s: calc(s, ctx), bindings=[], sources=("datastore", "bgp"),
+    def timed_calc(s: Any) -> BgpSpec:
+        t = time.monotonic()
+        spec = calc(s, ctx)
+        log.debug("calc", seconds=round(time.monotonic() - t, 4), keys=len(s))
+        return spec
+
+    agent = Agent(name="bgpd", calc=timed_calc, bindings=[], sources=("datastore", "bgp"),
                   resync_interval=args.resync_interval)
     speaker = Speaker(agent.emitter("bgp"), stale_time=args.stale_time, restart_window=args.restart_window)
 
@@ -199,15 +205,20 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=ticker, name="ticker", daemon=True).start()
     log.info("bgpd started", node=nodename, run_dir=run_dir, status_socket=status_path)
     try:
+        seen = speaker.emitted
         while not stop.is_set():
             t0 = time.monotonic()
             applied = agent.step(timeout=min(agent.next_wakeup(), 1.0))
             heartbeat[0] = time.monotonic()
             spent = heartbeat[0] - t0
-            if applied and spent > 0.02:
-                # A costly step means a burst (a peer sending a thousand routes in 50-route
-                # UPDATEs): let it accumulate, since a whole calc per UPDATE would make it
-                # quadratic. Cheap steps (one route) never wait.
+            burst = speaker.emitted - seen
+            seen = speaker.emitted
+            if applied:
+                log.debug("step", seconds=round(spent, 4), bgp_updates=burst)
+            if applied and burst >= 20 and spent > 0.02:
+                # A burst (a peer sending a thousand routes in 50-route UPDATEs): let it
+                # accumulate, since a whole calc per UPDATE would make it quadratic. Single
+                # routes and timer-driven steps never wait.
                 stop.wait(min(spent, 0.1))
     finally:
         log.info("bgpd stopping (kernel routes kept for graceful restart)")

@@ -57,6 +57,11 @@ class Speaker:
         self._emit(SyncStatus.IN_SYNC)
 
     # -- emit helpers ---------------------------------------------------------------------------
+    @property
+    def emitted(self) -> int:
+        """Updates emitted so far (the daemon uses the rate to coalesce bursts)."""
+        return self._rev
+
     def _put(self, key: str, value: str | None) -> None:
         self._rev += 1
         self._emit(Update(key, value, self._rev))
