@@ -89,7 +89,9 @@ def test_sessions_and_routes_with_bird_and_gobgp(lab: Lab) -> None:
     rib = lab.exec(n4, ["gobgp", "global", "rib", "-a", "ipv4", "-j"]).stdout
     assert "10.244.1.0/26" in rib and "10.244.2.0/26" in rib
     doc = query(tb.status_socket(n1))
-    assert doc is not None and doc["ready"] is True
+    assert doc is not None and doc["ready"] is True and doc["live"] is True
+    probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:9098/readiness').status)"
+    assert lab.exec(n1, [os.sys.executable, "-c", probe]).stdout.strip() == "200"
     out = lab.exec(
         n1,
         [
