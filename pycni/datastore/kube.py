@@ -468,6 +468,7 @@ class _Http:
         self._local = threading.local()
         self._token: str | None = cfg.token
         self._token_read = 0.0
+        self.token_reread = 60.0  # seconds: kubelet rotates projected service-account tokens
         self._lock = threading.Lock()
         self._all: list[http.client.HTTPConnection] = []
 
@@ -501,7 +502,7 @@ class _Http:
         if self.cfg.token_file is None:
             return self._token
         with self._lock:
-            if time.monotonic() - self._token_read > 60 or self._token is None:
+            if time.monotonic() - self._token_read > self.token_reread or self._token is None:
                 try:
                     with open(self.cfg.token_file) as f:
                         self._token = f.read().strip()

@@ -25,7 +25,8 @@ backed by etcd does:
   process dies), keeps the objects and, like a restarted apiserver whose watch cache starts at the
   current revision, compacts the history.
 
-What it does not do: authentication (it ignores the bearer token), admission, schemas and pruning,
+Optional https (`tls=`) and bearer-token checking (`token=`, 401 otherwise) exercise the client's
+in-cluster and kubeconfig paths. What it does not do: RBAC, admission, schemas and pruning,
 finalizers, generateName, PATCH, subresources, server-side apply, field selectors, pagination.
 """
 
@@ -37,6 +38,7 @@ import json
 import re
 import select
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -170,12 +172,17 @@ class FakeKubeApi:
         port: int = 0,
         bookmark_interval: float = 1.0,
         watch_gone_as_http: bool = False,
+        tls: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
+        """`tls`: serve https with this server context; `token`: demand `Authorization: Bearer <token>`."""
         self.resources = {(r.group, r.version, r.plural): r for r in resources}
         self.host = host
         self.port = port
         self.bookmark_interval = bookmark_interval
         self.watch_gone_as_http = watch_gone_as_http
+        self.tls = tls
+        self.token = token
         self._cond = threading.Condition()
         self._objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}  # (group, plural, ns, name)
         self._rv = 1
@@ -190,7 +197,7 @@ class FakeKubeApi:
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -204,6 +211,8 @@ class FakeKubeApi:
 
         srv = _Server((self.host, self.port), Handler)
         srv.daemon_threads = True
+        if self.tls is not None:
+            srv.socket = self.tls.wrap_socket(srv.socket, server_side=True)
         self.port = int(srv.server_address[1])
         self._server = srv
         self._thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
@@ -531,6 +540,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.fake.requests.append((method, url.path))
         try:
             body = self._body() if method in ("POST", "PUT", "DELETE") else None
+            want = self.fake.token
+            if want is not None and self.headers.get("Authorization") != f"Bearer {want}":
+                raise _Fail(401, "Unauthorized", "Unauthorized")
             res, ns, name = self.fake._resolve(url.path)
             if method == "GET" and name is None and q.get("watch") in ("1", "true"):
                 self._watch(res, ns, q)
@@ -594,6 +606,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _client_gone(self) -> bool:
         """True once the client closed its end (readable with nothing to read)."""
+        if isinstance(self.connection, ssl.SSLSocket):
+            return False  # no MSG_PEEK through TLS: a gone client shows when the next bookmark fails
         try:
             ready, _, _ = select.select([self.connection], [], [], 0)
             return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""

@@ -733,3 +733,106 @@ def test_the_official_client_agrees_with_the_fake(api: FakeKubeApi, ds: KubeData
         with pytest.raises(ApiException) as e:
             core.read_node("node-1")
         assert e.value.status == 404
+
+
+# -- https and credentials ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A self-signed server certificate for 127.0.0.1 (openssl), as a cluster CA would issue."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
+    crt, key = d / "server.crt", d / "server.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=kube-apiserver", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
+                    "-out", str(crt)], check=True, capture_output=True)  # fmt: skip
+    return {"crt": str(crt), "key": str(key)}
+
+
+@pytest.fixture
+def tls_api(pki: dict[str, str]) -> Iterator[FakeKubeApi]:
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki["crt"], pki["key"])
+    with FakeKubeApi(tls=ctx, token="sa-token-1", bookmark_interval=0.2) as a:
+        yield a
+
+
+def test_in_cluster_uses_the_service_account(
+    tls_api: FakeKubeApi, pki: dict[str, str], tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pathlib import Path
+
+    sa = Path(str(tmp_path)) / "serviceaccount"
+    sa.mkdir()
+    (sa / "token").write_text("sa-token-1\n")
+    (sa / "namespace").write_text("pycni-system")
+    (sa / "ca.crt").write_text(Path(pki["crt"]).read_text())
+    monkeypatch.setattr(K, "SA_DIR", str(sa))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(tls_api.port))
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    ds = KubeDatastore.connect()
+    try:
+        assert ds.server == tls_api.url and ds.namespace == "pycni-system"
+        ds.create("/tls/a", "v", ttl=30)  # the Lease lands in the pod's namespace
+        assert [o["metadata"]["namespace"] for o in tls_api.objects("coordination.k8s.io", "leases")] == [
+            "pycni-system"
+        ]
+        rec = Recorder()
+        with syncing(ds, ["/tls/"], rec):
+            eventually(lambda: rec.in_sync_count() == 1, 5)
+            ds.put("/tls/b", "w")
+            eventually(lambda: rec.view() == {"/tls/a": "v", "/tls/b": "w"}, 5, "events over https")
+        # the token rotates: a stale one is refused (Unavailable), the file is re-read
+        tls_api.token = "sa-token-2"
+        with pytest.raises(Unavailable):
+            ds.get("/tls/a")
+        (sa / "token").write_text("sa-token-2\n")
+        ds._http.token_reread = 0
+        got = ds.get("/tls/a")
+        assert got is not None and got.value == "v"
+    finally:
+        ds.close()
+
+
+def test_https_needs_the_right_ca(tls_api: FakeKubeApi) -> None:
+    ds = KubeDatastore(tls_api.url, token="sa-token-1", timeout=2)  # the system CAs do not know ours
+    try:
+        with pytest.raises(Unavailable):
+            ds.get("/x")
+    finally:
+        ds.close()
+
+
+def test_kubeconfig_yaml_with_inline_ca(tls_api: FakeKubeApi, pki: dict[str, str], tmp_path: object) -> None:
+    import base64
+    from pathlib import Path
+
+    pytest.importorskip("yaml")
+    ca = base64.b64encode(Path(pki["crt"]).read_bytes()).decode()
+    p = Path(str(tmp_path)) / "config"
+    p.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: lab\n"
+        "contexts:\n- name: lab\n  context:\n    cluster: c\n    user: u\n"
+        f"clusters:\n- name: c\n  cluster:\n    server: {tls_api.url}\n    certificate-authority-data: {ca}\n"
+        "users:\n- name: u\n  user:\n    token: sa-token-1\n"
+    )
+    ds = KubeDatastore.connect(str(p))
+    try:
+        ds.put("/kc/a", "1")
+        got = ds.get("/kc/a")
+        assert got is not None and got.value == "1"
+    finally:
+        ds.close()
+    assert not list(Path(tempfile_dir()).glob("pycni-kube-*")), "inline credentials left on disk"
+
+
+def tempfile_dir() -> str:
+    import tempfile
+
+    return tempfile.gettempdir()
