@@ -597,6 +597,7 @@ class _SyncState:
     reaping: dict[str, int] = field(default_factory=dict)  # key -> revision we asked to delete
     checked: dict[str, float] = field(default_factory=dict)  # lease name -> when last fetched
     next_sweep: float = 0.0  # monotonic time of the next orphaned-lease sweep
+    high: int = 0  # the newest resourceVersion seen (lists and events)
 
 
 class KubeDatastore:
@@ -1069,6 +1070,14 @@ class KubeDatastore:
         known = st.known
         gone = sorted(set(known) - set(snap))
         top = max(rvs.values(), default=0)
+        force = top < st.high
+        if force:
+            # The API server's store went back in time (etcd restored or wiped, another cluster):
+            # equal resourceVersions no longer mean equal objects, so re-emit everything listed.
+            log.warning(
+                "kube resourceVersion went backwards; re-emitting every key", revision=top, seen=st.high
+            )
+        st.high = top
         for k in gone:
             emit(Update(k, None, top))
             del known[k]
@@ -1076,7 +1085,7 @@ class KubeDatastore:
         changed = 0
         for k in sorted(snap):
             d = snap[k]
-            if known.get(k) != d.revision:
+            if force or known.get(k) != d.revision:
                 emit(Update(k, d.value, d.revision))
                 known[k] = d.revision
                 changed += 1
@@ -1127,6 +1136,7 @@ class KubeDatastore:
         d = decode(kind, obj)
         if d is None or not any(d.key.startswith(p) for p in prefixes):
             return
+        st.high = max(st.high, d.revision)
         known = st.known
         if etype == "DELETED":
             st.leased.pop(d.key, None)

@@ -836,3 +836,31 @@ def tempfile_dir() -> str:
     import tempfile
 
     return tempfile.gettempdir()
+
+
+def test_a_wiped_api_server_makes_the_relist_re_emit_everything() -> None:
+    """A new store behind the same address reuses resourceVersions: equal numbers mean nothing."""
+    old = FakeKubeApi().start()
+    port = old.port
+    ds = KubeDatastore(old.url, timeout=1)
+    try:
+        assert ds.put("/wipe/a", "old").revision == 2
+        for i in range(4):
+            ds.put("/elsewhere/z", str(i))  # the store is at resourceVersion 6
+        rec = Recorder()
+        with syncing(ds, ["/wipe/"], rec):
+            eventually(lambda: rec.in_sync_count() == 1, 5)
+            old.stop()
+            new = FakeKubeApi(port=port).start()
+            try:
+                assert ds.put("/wipe/a", "new").revision == 2  # the same number as "old" had
+                ds.put("/wipe/b", "b")
+                eventually(
+                    lambda: rec.view() == {"/wipe/a": "new", "/wipe/b": "b"}, 10, "the new store's state"
+                )
+            finally:
+                new.stop()
+        assert SyncStatus.RESYNC in rec.statuses()
+    finally:
+        ds.close()
+        old.stop()
