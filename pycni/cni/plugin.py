@@ -223,12 +223,23 @@ class Reaper:
     waits for all of them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, sweep: bool = True) -> None:
         self._q: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._pending: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="pycni-cni-reaper", daemon=True)
         self._thread.start()
+        if sweep:
+            self.sweep()
+
+    def sweep(self) -> list[str]:
+        """Queue every host veth a previous agent marked deleted but did not destroy (it crashed)."""
+        with Rtnl() as rt:
+            names = [link.name for link in rt.links() if link.alias == veth.REAP_ALIAS]
+        for name in names:
+            log.info("leftover deleted veth found", dev=name)
+            self.reap(name)
+        return names
 
     def reap(self, name: str) -> None:
         with self._lock:
@@ -524,6 +535,9 @@ class CniPlugin:
         nc = parse_conf(a.conf)
         cache = ResultCache(nc.cache_dir)
         entry = cache.get(nc.name, a.container_id, a.ifname) or {}
+        prev = a.conf.get("prevResult")
+        if not entry and isinstance(prev, dict):  # our cache is gone: the runtime's copy still names the IPs
+            entry = {"result": prev}
         host_name = entry.get("hostVeth") or self._host_name(nc, a)
         errors = self._teardown(nc, a, entry, host_name)
         if errors:

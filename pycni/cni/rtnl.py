@@ -42,7 +42,7 @@ NLM_F_REPLACE, NLM_F_EXCL, NLM_F_CREATE = 0x100, 0x200, 0x400
 NLA_F_NESTED = 0x8000
 
 IFF_UP = 0x1
-IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER = 1, 3, 4, 5, 10
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 5, 10, 20
 IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_AF_SPEC = 18, 28, 29, 26
 IFLA_INET_CONF = 1
 IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_PROXY_ARP, IPV4_DEVCONF_ROUTE_LOCALNET = 1, 3, 26
@@ -122,6 +122,7 @@ class LinkInfo:
     up: bool
     master: int
     kind: str
+    alias: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,9 +290,11 @@ class Rtnl:
         body = _IFI.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) + spec
         self.request(RTM_NEWLINK, 0, body, f"set ipv4 conf of {name}")
 
-    def link_down(self, name: str) -> bool:
-        """Set a link down; False when it does not exist."""
+    def link_down(self, name: str, alias: str | None = None) -> bool:
+        """Set a link down (and its alias, in the same message); False when it does not exist."""
         body = _IFI.pack(0, 0, 0, 0, IFF_UP) + attr_str(IFLA_IFNAME, name)
+        if alias is not None:
+            body += attr(IFLA_IFALIAS, alias.encode())
         try:
             self.request(RTM_NEWLINK, 0, body, f"set {name} down")
         except NetlinkError as e:
@@ -467,6 +470,7 @@ def _parse_link(m: bytes) -> LinkInfo:
         up=bool(flags & IFF_UP),
         master=struct.unpack("=I", a[IFLA_MASTER])[0] if IFLA_MASTER in a else 0,
         kind=kind,
+        alias=a.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace"),
     )
 
 

@@ -54,6 +54,9 @@ from pycni.dataplane.netlink import NetlinkError
 log = get_logger("pycni.cni.veth")
 
 BRIDGE_PORT_PREFIX = "veth"
+#: ifalias of a host veth whose DEL has answered and whose destruction is pending: a restarted agent
+#: finds and destroys these (the mark says "ours, and dead"), so a crash never leaks a pair.
+REAP_ALIAS = "pycni:deleted"
 EEXIST, ENODEV = 17, 19
 _GW = ipaddress.IPv4Address(CALI_GATEWAY)
 _GW_NET = ipaddress.IPv4Network(f"{CALI_GATEWAY}/32")
@@ -292,7 +295,7 @@ def host_teardown(host: Rtnl, host_name: str, ips: list[Any], reaper: Any | None
         return
     for ip in ips:
         host.route_del(ipaddress.ip_network((ip.ip, ip.ip.max_prefixlen)), proto=RTPROT_FELIX)
-    if host.link_down(host_name):
+    if host.link_down(host_name, alias=REAP_ALIAS):
         reaper.reap(host_name)
 
 

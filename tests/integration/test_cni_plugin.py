@@ -459,3 +459,36 @@ def test_concurrent_adds_and_dels(node: Node) -> None:
         ).stdout.strip()
         == ""
     )
+
+
+def test_restarted_agent_destroys_pairs_a_crash_left_behind(tmp_path: Path) -> None:
+    import subprocess
+
+    node = Node(tmp_path)
+    try:
+        node.start_agent()
+        conf = calico_conf(node)
+        pa = node.pod("pa")
+        assert node.cni("ADD", conf, cid="ca", netns=pa, args=K8S.format(pod="web-0")).rc == 0
+        host = host_veth_name({"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "web-0"}, "ca")
+        node.stop_agent()
+        # what a DEL leaves when the agent dies before its reaper ran: the pair down and marked
+        subprocess.run(
+            ["ip", "-n", node.ns, "link", "set", host, "down", "alias", "pycni:deleted"], check=True
+        )
+        node.start_agent()
+        node.wait_reaped(host)
+    finally:
+        node.teardown()
+
+
+def test_del_uses_prev_result_when_the_cache_is_gone(node: Node) -> None:
+    conf = calico_conf(node)
+    pa = node.pod("pa")
+    res = node.cni("ADD", conf, cid="ca", netns=pa, args=K8S.format(pod="web-0")).json
+    os.unlink(node.tmp / "cache" / "k8s-pod-network-ca-eth0")
+    r = node.cni("DEL", {**conf, "prevResult": res}, cid="ca", netns=pa, args=K8S.format(pod="web-0"))
+    assert r.rc == 0, r.stdout
+    assert ipam_files(node.tmp / "ipam" / "k8s-pod-network") == []
+    node.wait_reaped(res["interfaces"][0]["name"])
+    assert not [x for x in node.routes() if x["dst"] == res["ips"][0]["address"].split("/")[0]]
