@@ -864,3 +864,31 @@ def test_a_wiped_api_server_makes_the_relist_re_emit_everything() -> None:
     finally:
         ds.close()
         old.stop()
+
+
+def test_sync_over_every_kind_stops_promptly_and_close_ends_it(api: FakeKubeApi) -> None:
+    ds = KubeDatastore(api.url, timeout=2)
+    try:
+        ds.put("/calico/ipam/v2/handle/h1", '{"block":{},"deleted":false}')
+        rec = Recorder()
+        stop = threading.Event()
+        t = threading.Thread(target=ds.sync, args=([""], rec, stop), daemon=True)
+        t.start()
+        eventually(lambda: rec.in_sync_count() == 1, 10, "IN_SYNC over every kind")
+        assert rec.view() == {"/calico/ipam/v2/handle/h1": '{"block":{},"deleted":false}'}
+        eventually(lambda: sum(th.name.startswith("kube-watch-") for th in threading.enumerate())
+                   == len(K.KEY_KINDS) + 1, 5)  # fmt: skip
+        t0 = time.monotonic()
+        stop.set()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - t0 < 1.0
+        stop.clear()
+        t = threading.Thread(target=ds.sync, args=([""], Recorder(), stop), daemon=True)
+        t.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        ds.close()
+        t.join(5)
+        assert not t.is_alive() and time.monotonic() - t0 < 1.0
+    finally:
+        ds.close()
