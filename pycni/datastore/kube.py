@@ -891,8 +891,8 @@ class KubeDatastore:
                     # it had expired and was reaped: try again
             else:
                 raise AlreadyExists(key)
-        except BaseException:
-            self._revoke(lease)
+        except (AlreadyExists, CasConflict, Invalid):
+            self._revoke(lease)  # the write surely lost; after "outcome unknown" the object may hold it
             raise
         v = self._versioned(obj, loc)
         log.info("kube key created", key=key, object=f"{loc.kind.plural}/{loc.name}", revision=v.revision,
@@ -912,8 +912,8 @@ class KubeDatastore:
                 if e.code in (404, 409):
                     raise CasConflict(f"{key}: revision {revision} is not current") from None
                 raise Invalid(f"kube api update {key}: {e}") from None
-        except BaseException:
-            self._revoke(lease)
+        except (AlreadyExists, CasConflict, Invalid):
+            self._revoke(lease)  # the write surely lost; after "outcome unknown" the object may hold it
             raise
         v = self._versioned(obj, loc)
         log.info("kube key updated", key=key, revision=v.revision, lease=lease or None)
@@ -940,8 +940,8 @@ class KubeDatastore:
                 break
             else:
                 raise CasConflict(f"{key}: put kept racing other writers")
-        except BaseException:
-            self._revoke(lease)
+        except (AlreadyExists, CasConflict, Invalid):
+            self._revoke(lease)  # the write surely lost; after "outcome unknown" the object may hold it
             raise
         v = self._versioned(obj, loc)
         log.info("kube key put", key=key, revision=v.revision, lease=lease or None)
