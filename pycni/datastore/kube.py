@@ -24,8 +24,8 @@ in the `pycni.dev/key` annotation. A value under a structured key that is not a 
 `Invalid`. Objects other tools created (no annotations) are read too: the key comes from the
 plural, namespace and name, or from `spec.cidr`/`spec.node`/`spec.handleID`.
 
-`revision` is the object's `resourceVersion` (one etcd revision behind the API server, so it is
-comparable across kinds). `create` is POST (409 -> `AlreadyExists`), `update(revision=)` is PUT
+`revision` is the object's `resourceVersion` (the revision of the etcd behind the API server, so
+it is comparable across kinds). `create` is POST (409 -> `AlreadyExists`), `update(revision=)` is PUT
 with `metadata.resourceVersion` (409 or 404 -> `CasConflict`), `delete(revision=)` is DELETE with
 `preconditions.resourceVersion`. `put` is a read-then-create-or-replace loop, because custom
 resources allow no unconditional update.
@@ -37,20 +37,23 @@ TTL is an emulation (flannel's kube mode has no TTL at all; etcd leases have no 
 is missing or past `renewTime + leaseDurationSeconds` as absent and reap it (DELETE with the
 resourceVersion precondition) so watchers see a deletion; `refresh(lease)` moves `renewTime`
 (the key object, hence its revision, is untouched, as in etcd). Expiry is judged by the reader's
-clock, so nodes need roughly synchronised clocks (as Kubernetes leader election does).
+clock, so nodes need roughly synchronised clocks (as Kubernetes leader election does). Renewing by
+`update(ttl=)` orphans the previous Lease; syncers sweep expired Leases that no live key uses.
 
 `sync` lists every relevant kind (the Lease kind first), emits, says IN_SYNC only when all have
 listed, then runs one watch thread per kind from that kind's list resourceVersion
 (`allowWatchBookmarks`, `timeoutSeconds`). A stream the server ends cleanly is resumed from the last
 event or bookmark; a 410 Gone (as an ERROR event or as the HTTP status), a broken stream or an
 unreachable server emits RESYNC and relists everything with the etcd adapter's rules (deletions
-synthesised, unchanged keys not repeated). Expiring leases are checked every `poll` seconds.
+synthesised, unchanged keys not repeated; everything re-emitted if the resourceVersion went
+backwards). Expiring leases are checked every `poll` seconds.
 
 The client is the standard library (http.client + json), not the `kubernetes` package: we use six
 verbs on two URL shapes, the watch must stop within a second (we shut its socket down, which the
-generated client has no handle for), and importing `kubernetes` costs ~1 s and a dozen packages in
-every daemon. Auth: in-cluster (service account token, re-read as it rotates, and CA) or a
-kubeconfig (JSON, or YAML when PyYAML is installed; token, client certificate, CA; no exec plugins).
+generated client has no handle for), a clean stream end must be told from a dead server (we read
+the chunk framing), and `import kubernetes.client` takes 1.4-1.8 s in every daemon.
+Auth: in-cluster (service account token, re-read as it rotates, and CA) or a kubeconfig (JSON, or
+YAML when PyYAML is installed; token, client certificate, CA; no exec plugins).
 """
 
 from __future__ import annotations
