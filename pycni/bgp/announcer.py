@@ -45,9 +45,13 @@ class Announcer:
         self.ready = False
 
     def set_spec(self, spec: BgpSpec) -> None:
-        self.ready = spec.ready
         if not spec.ready:
+            if self.ready:
+                # Our Node is gone (decommissioned): take everything back from the peers.
+                log.info("own node gone: withdrawing every announcement")
+                self.tracker.replace_desired({})
             return
+        self.ready = True
         self.tracker.replace_desired(spec.announcements)
         self._peers = {p.address for p in spec.peers}
         self._sessions = spec.sessions

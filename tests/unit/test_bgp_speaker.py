@@ -175,6 +175,16 @@ def test_announcer_groups_neighbours_exabgp_knows() -> None:
     assert set(a.tracker.dataplane) == {(P, b), (q, b)}
 
 
+def test_announcer_withdraws_everything_when_our_node_goes() -> None:
+    exa = FakeExa()
+    a = Announcer(exa, group=1)
+    a.set_spec(spec({(P, net("10.244.1.0/26")): Announcement()}))
+    assert a.apply()
+    exa.sent = []
+    a.set_spec(BgpSpec(ready=False))
+    assert a.apply() and exa.sent == ["neighbor 10.99.0.12 withdraw route 10.244.1.0/26"]
+
+
 def test_announcer_resends_everything_after_exabgp_restart_and_skips_removed_peers() -> None:
     exa = FakeExa()
     a = Announcer(exa)
