@@ -184,6 +184,16 @@ def test_vxlan(lab: Lab) -> None:
     lab.exec("n1", ["ip", "route", "del", b2])
     wait_for(lambda: b2 in felix_routes(lab, "n1"), 10, "route repaired")
 
+    # -- vxlan.calico deleted by hand: device, neighbours, FDB entries and routes come back
+    lab.exec("n2", ["ip", "link", "del", "vxlan.calico"])
+    b1 = blocks_of(lab, "n1")[0]
+    wait_for(lambda: b1 in felix_routes(lab, "n2"), 10, "vxlan device and its routes recreated")
+    wait_for(
+        lambda: len(ipj(lab, "n2", "ip", "-j", "neigh", "show", "dev", "vxlan.calico")) == 2, 10, "neighbours"
+    )
+    m = lab.ping_matrix()
+    assert lab.matrix_ok(m), json.dumps(m, indent=1)
+
     # -- a node leaves: its routes, neighbours and FDB entries go everywhere
     b3 = blocks_of(lab, "n3")
     vtep3 = str(node_res(lab, "n3").vxlan_tunnel_addr)
