@@ -836,18 +836,18 @@ class KubeDatastore:
         return None if cur is None else Versioned(key, cur[1].value, cur[1].revision, lease_id(cur[1].lease))
 
     def list(self, prefix: str) -> list[Versioned]:
-        deadlines = self._lease_deadlines()
-        out: dict[str, Versioned] = {}
+        found: list[Decoded] = []
         for kind in kinds_for([prefix]):
             items, _ = self._list_kind(kind)
-            for obj in items:
-                d = decode(kind, obj)
-                if d is None or not d.key.startswith(prefix):
-                    continue
-                if d.lease and self._expired(d.lease, deadlines):
-                    continue
-                out[d.key] = Versioned(d.key, d.value, d.revision, lease_id(d.lease))
-        return [out[k] for k in sorted(out)]
+            decoded = (decode(kind, obj) for obj in items)
+            found += [d for d in decoded if d is not None and d.key.startswith(prefix)]
+        # Leases are listed only when a key has one (IPAM lists blocks on every allocation), and after
+        # the keys: a key's Lease is created before the key, so it cannot be missed.
+        deadlines = self._lease_deadlines() if any(d.lease for d in found) else {}
+        live = sorted(
+            (d for d in found if not (d.lease and self._expired(d.lease, deadlines))), key=lambda d: d.key
+        )
+        return [Versioned(d.key, d.value, d.revision, lease_id(d.lease)) for d in live]
 
     def _list_kind(self, kind: Kind) -> tuple[_List[Any], int | None]:
         """(items, list resourceVersion); a kind the server does not know (CRD missing) is empty."""
