@@ -9,11 +9,13 @@ peers with `route-reflector == 'true'`) wires the rest, as Calico's docs do it.
 
 `node_start` installs the pycni plugin into the node's `opt/cni/bin`, starts `pycni-felix` (which
 runs calico-node's start-up: registers the Node with the node's underlay address, allocates tunnel
-addresses; then programs routes and serves the CNI socket `<node dir>/run/pycni.sock`) and, in the
-BGP modes, `pycni-bgpd` after it. calico-vxlan runs felix only: VXLAN routes come from the
-datastore, no BGP needed. `node_stop` stops the daemons and decommissions the node in the
-datastore (Node, its WorkloadEndpoints, its block affinities and blocks, its tunnel handles), as
-kube-controllers does when a Node goes, so every other node withdraws its routes.
+addresses; then programs routes and serves the CNI socket `<node dir>/run/pycni.sock`); in the
+BGP modes `wait_ready` then starts `pycni-bgpd` once felix has registered the Node, and waits for
+its sessions (so every node's felix starts in parallel, and bgpd always follows felix).
+calico-vxlan runs felix only: VXLAN routes come from the datastore, no BGP needed. `node_stop`
+stops the daemons and decommissions the node in the datastore (Node, its WorkloadEndpoints, its
+block affinities and blocks, its tunnel handles), as kube-controllers does when a Node goes, so
+every other node withdraws its routes.
 
 Modes:
 - calico-bgp: no encapsulation; bgpd learns and programs the routes (one segment, or a router
