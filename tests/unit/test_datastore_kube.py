@@ -809,9 +809,16 @@ def test_https_needs_the_right_ca(tls_api: FakeKubeApi) -> None:
         ds.close()
 
 
-def test_kubeconfig_yaml_with_inline_ca(tls_api: FakeKubeApi, pki: dict[str, str], tmp_path: object) -> None:
+def test_kubeconfig_yaml_with_inline_ca(
+    tls_api: FakeKubeApi, pki: dict[str, str], tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import base64
+    import tempfile
     from pathlib import Path
+
+    spool = Path(str(tmp_path)) / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))  # where inline credentials are written
 
     pytest.importorskip("yaml")
     ca = base64.b64encode(Path(pki["crt"]).read_bytes()).decode()
@@ -829,13 +836,7 @@ def test_kubeconfig_yaml_with_inline_ca(tls_api: FakeKubeApi, pki: dict[str, str
         assert got is not None and got.value == "1"
     finally:
         ds.close()
-    assert not list(Path(tempfile_dir()).glob("pycni-kube-*")), "inline credentials left on disk"
-
-
-def tempfile_dir() -> str:
-    import tempfile
-
-    return tempfile.gettempdir()
+    assert list(spool.iterdir()) == [], "inline credentials left on disk"
 
 
 def test_a_wiped_api_server_makes_the_relist_re_emit_everything() -> None:
@@ -892,3 +893,24 @@ def test_sync_over_every_kind_stops_promptly_and_close_ends_it(api: FakeKubeApi)
         assert not t.is_alive() and time.monotonic() - t0 < 1.0
     finally:
         ds.close()
+
+
+def test_a_missing_crd_is_reported_not_fatal() -> None:
+    """Without `ipamhandles.crd.projectcalico.org`: sync still lists the rest and says IN_SYNC; writes
+    to that kind are `Invalid` (the operator must apply deploy/crds.yaml)."""
+    from pycni.testing.kube_api import DEFAULT_RESOURCES
+
+    resources = [r for r in DEFAULT_RESOURCES if r.plural != "ipamhandles"]
+    with FakeKubeApi(resources) as api:
+        ds = KubeDatastore(api.url, timeout=2)
+        try:
+            ds.put("/calico/ipam/v2/assignment/ipv4/block/10.244.0.0-26", BLOCK_JSON)
+            rec = Recorder()
+            with syncing(ds, ["/calico/ipam/v2/"], rec):
+                eventually(lambda: rec.in_sync_count() == 1, 5)
+                assert list(rec.view()) == ["/calico/ipam/v2/assignment/ipv4/block/10.244.0.0-26"]
+            with pytest.raises(Invalid):
+                ds.create("/calico/ipam/v2/handle/h1", '{"block":{},"deleted":false}')
+            assert ds.get("/calico/ipam/v2/handle/h1") is None
+        finally:
+            ds.close()
