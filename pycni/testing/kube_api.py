@@ -193,6 +193,7 @@ class FakeKubeApi:
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
         self.requests: list[tuple[str, str]] = []  # (method, path) log, for tests
+        self.connections = 0  # connections accepted (keep-alive reuse shows as few)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
@@ -507,6 +508,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.fake.connections += 1
         self.fake._conns.add(self.connection)
 
     def finish(self) -> None:

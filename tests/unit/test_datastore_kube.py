@@ -293,6 +293,7 @@ def test_put_on_an_object_another_client_changes(api: FakeKubeApi, ds: KubeDatas
             other.put("/x/p", f"b{i}")
         got = ds.get("/x/p")
         assert got is not None and got.value == "b19"
+        assert api.connections == 2  # one keep-alive connection per client (and thread)
     finally:
         other.close()
 
