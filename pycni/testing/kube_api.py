@@ -27,7 +27,8 @@ backed by etcd does:
 
 Optional https (`tls=`) and bearer-token checking (`token=`, 401 otherwise) exercise the client's
 in-cluster and kubeconfig paths. What it does not do: RBAC, admission, schemas and pruning,
-finalizers, generateName, PATCH, subresources, server-side apply, field selectors, pagination.
+finalizers, generateName, PATCH, subresources, server-side apply, field selectors, pagination;
+and it returns objects with their keys in the order written, where the real server sorts them.
 """
 
 from __future__ import annotations
