@@ -10,6 +10,12 @@ next apply re-announces it all.
 Deletions for a peer that is no longer configured send nothing: the reload removed that neighbour
 and its RIB with it, and exabgp would answer `error` for an unknown neighbour forever.
 
+Only established sessions are told anything; changes for a peer that is down wait for its "up".
+exabgp 5.0.15 defers a SIGUSR1 reload while any non-passive neighbour has unsent adj-RIB-out
+changes (`reactor/loop.py:_pending_adjribout`), and a neighbour that is down never sends them: one
+announcement to an unreachable BGPPeer would block every later peer change. On "up" exabgp first
+replays what it held for that neighbour, then our delta goes, then EOR.
+
 End-of-RIB: exabgp runs with `manual-eor`, so after each apply that leaves nothing pending we send
 EOR once per session (a session is identified by the reader's counter), telling a restarting peer
 that everything we have has been sent.
@@ -68,27 +74,24 @@ class Announcer:
             return True
         # Group: prefixes with the same attributes going to the same set of neighbours make one
         # command (`neighbor A , neighbor B announce attributes ... nlri P1 P2 ...`, up to `group`
-        # prefixes): exabgp's API intake is per prefix and per command, not per neighbour. Only
-        # neighbours exabgp has reported on are grouped: a neighbour a reload has not created yet
-        # must fail alone (exabgp acks a group `done` when at least one neighbour matched).
-        known = set(self._sessions)
+        # prefixes): exabgp's API intake is per prefix and per command, not per neighbour.
+        up = {p for p, s in self._sessions.items() if s.state == "up"}
         withdraw_to: dict[IPNetwork, set[IPAddress]] = {}
         for key, _ in self.tracker.pending_deletions():
             if key[0] not in self._peers:
                 self.tracker.on_dataplane_deleted(key)  # neighbour gone from exabgp with its RIB
                 continue
-            withdraw_to.setdefault(key[1], set()).add(key[0])
+            if key[0] in up:
+                withdraw_to.setdefault(key[1], set()).add(key[0])
         announce_to: dict[tuple[Announcement, IPNetwork], set[IPAddress]] = {}
         for key, ann in self.tracker.pending_updates():
-            announce_to.setdefault((ann, key[1]), set()).add(key[0])
+            if key[0] in up:
+                announce_to.setdefault((ann, key[1]), set()).add(key[0])
         groups: dict[tuple[Announcement | None, tuple[IPAddress, ...]], list[IPNetwork]] = {}
 
         def add(ann: Announcement | None, prefix: IPNetwork, peers: set[IPAddress]) -> None:
-            together = tuple(sorted(peers & known, key=lambda a: (a.version, int(a))))
-            if together:
-                groups.setdefault((ann, together), []).append(prefix)
-            for p in sorted(peers - known, key=lambda a: (a.version, int(a))):
-                groups.setdefault((ann, (p,)), []).append(prefix)
+            together = tuple(sorted(peers, key=lambda a: (a.version, int(a))))
+            groups.setdefault((ann, together), []).append(prefix)
 
         for prefix, to in withdraw_to.items():
             add(None, prefix, to)

@@ -90,6 +90,10 @@ def test_stale_routes_expire_and_notification_flushes() -> None:
     assert learned_key(P, net("10.244.5.0/26")) not in sink.state
 
 
+def no_eor(cmds: list[str]) -> list[str]:
+    return [c for c in cmds if " announce eor " not in c]
+
+
 class FakeExa:
     def __init__(self) -> None:
         self.sent: list[str] = []
@@ -108,11 +112,13 @@ def spec(
     peers: Sequence[str] = ("10.99.0.12",),
     sessions: dict[str, PeerSession] | None = None,
 ) -> BgpSpec:
+    if sessions is None:  # default: every peer established
+        sessions = {p: PeerSession(state="up", session=1) for p in peers}
     return BgpSpec(
         ready=True,
         peers=tuple(BgpPeer(ip(p), 64512) for p in peers),
         announcements=ann,
-        sessions={ip(k): v for k, v in (sessions or {}).items()},
+        sessions={ip(k): v for k, v in sessions.items()},
     )
 
 
@@ -146,33 +152,44 @@ def test_announcer_groups_prefixes_sharing_attributes() -> None:
     bs = [net(f"10.244.{i}.0/26") for i in range(3)]
     a.set_spec(spec({(P, b): Announcement() for b in bs}))
     assert a.apply()
-    assert exa.sent == [
+    assert no_eor(exa.sent) == [
         "neighbor 10.99.0.12 announce attributes next-hop self nlri 10.244.0.0/26 10.244.1.0/26",
         "neighbor 10.99.0.12 announce route 10.244.2.0/26 next-hop self",
     ]
     exa.sent = []
     a.set_spec(spec({}))
-    assert a.apply() and exa.sent == [
+    assert a.apply() and no_eor(exa.sent) == [
         "neighbor 10.99.0.12 withdraw attributes next-hop self nlri 10.244.0.0/26 10.244.1.0/26",
         "neighbor 10.99.0.12 withdraw route 10.244.2.0/26",
     ]
 
 
-def test_announcer_groups_neighbours_exabgp_knows() -> None:
+def test_announcer_groups_neighbours_and_waits_for_down_ones() -> None:
     exa = FakeExa()
     a = Announcer(exa)
-    q, new = ip("10.99.0.13"), ip("10.99.0.14")
+    q, later = ip("10.99.0.13"), ip("10.99.0.14")
     b = net("10.244.1.0/26")
-    known = {"10.99.0.12": PeerSession(state="up", session=1), "10.99.0.13": PeerSession(state="down")}
-    a.set_spec(spec({(P, b): Announcement(), (q, b): Announcement(), (new, b): Announcement()},
-                    peers=("10.99.0.12", "10.99.0.13", "10.99.0.14"), sessions=known))
-    exa.refuse = {"neighbor 10.99.0.14 announce route 10.244.1.0/26 next-hop self"}
-    assert a.apply() is False
-    assert exa.sent == [
-        "neighbor 10.99.0.12 , neighbor 10.99.0.13 announce attributes next-hop self nlri 10.244.1.0/26",
-        "neighbor 10.99.0.14 announce route 10.244.1.0/26 next-hop self",
-    ]
+    sessions = {
+        "10.99.0.12": PeerSession(state="up", session=1),
+        "10.99.0.13": PeerSession(state="up", session=1),
+        "10.99.0.14": PeerSession(state="down"),
+    }
+    want = {(P, b): Announcement(), (q, b): Announcement(), (later, b): Announcement()}
+    peers = ("10.99.0.12", "10.99.0.13", "10.99.0.14")
+    a.set_spec(spec(want, peers=peers, sessions=sessions))
+    assert a.apply() is True  # a down peer is not a failure: it waits for its session
+    assert (
+        exa.sent[0]
+        == "neighbor 10.99.0.12 , neighbor 10.99.0.13 announce attributes next-hop self nlri 10.244.1.0/26"
+    )
     assert set(a.tracker.dataplane) == {(P, b), (q, b)}
+    exa.sent = []
+    sessions["10.99.0.14"] = PeerSession(state="up", session=1)
+    a.set_spec(spec(want, peers=peers, sessions=sessions))
+    assert a.apply() and exa.sent == [
+        "neighbor 10.99.0.14 announce route 10.244.1.0/26 next-hop self",
+        "neighbor 10.99.0.14 announce eor ipv4 unicast",
+    ]
 
 
 def test_announcer_withdraws_everything_when_our_node_goes() -> None:
@@ -195,10 +212,12 @@ def test_announcer_resends_everything_after_exabgp_restart_and_skips_removed_pee
     a.exabgp_restarted()
     assert a.apply() is False
     exa.down, exa.sent = False, []
-    assert a.apply() and exa.sent == ["neighbor 10.99.0.12 announce route 10.244.1.0/26 next-hop self"]
+    assert a.apply() and no_eor(exa.sent) == [
+        "neighbor 10.99.0.12 announce route 10.244.1.0/26 next-hop self"
+    ]
     exa.sent = []
     a.set_spec(spec({}, peers=()))  # the peer is gone from exabgp with its RIB: nothing to send
-    assert a.apply() and exa.sent == [] and not a.tracker.dataplane
+    assert a.apply() and no_eor(exa.sent) == [] and not a.tracker.dataplane
 
 
 class FakeNl:
