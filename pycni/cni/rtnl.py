@@ -43,7 +43,7 @@ NLA_F_NESTED = 0x8000
 
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 5, 10, 20
-IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_AF_SPEC = 18, 28, 29, 26
+IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_AF_SPEC, IFLA_GROUP = 18, 28, 29, 26, 27
 IFLA_INET_CONF = 1
 IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_PROXY_ARP, IPV4_DEVCONF_ROUTE_LOCALNET = 1, 3, 26
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
@@ -290,11 +290,13 @@ class Rtnl:
         body = _IFI.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name) + spec
         self.request(RTM_NEWLINK, 0, body, f"set ipv4 conf of {name}")
 
-    def link_down(self, name: str, alias: str | None = None) -> bool:
-        """Set a link down (and its alias, in the same message); False when it does not exist."""
+    def link_down(self, name: str, alias: str | None = None, group: int | None = None) -> bool:
+        """Set a link down (and its alias and group, in the same message); False when it is absent."""
         body = _IFI.pack(0, 0, 0, 0, IFF_UP) + attr_str(IFLA_IFNAME, name)
         if alias is not None:
             body += attr(IFLA_IFALIAS, alias.encode())
+        if group is not None:
+            body += attr_u32(IFLA_GROUP, group)
         try:
             self.request(RTM_NEWLINK, 0, body, f"set {name} down")
         except NetlinkError as e:
@@ -312,6 +314,19 @@ class Rtnl:
             + nested(IFLA_LINKINFO, attr_str(IFLA_INFO_SLAVE_KIND, "bridge"), slave)
         )
         self.request(RTM_NEWLINK, 0, body, f"hairpin on {name}")
+
+    def group_del(self, group: int) -> bool:
+        """Delete every link of a device group in one request: the kernel unregisters them together
+        (unregister_netdevice_many), paying one RCU grace period for the batch instead of one each.
+        False when the group is empty."""
+        body = _IFI.pack(0, 0, 0, 0, 0) + attr_u32(IFLA_GROUP, group)
+        try:
+            self.request(RTM_DELLINK, 0, body, f"delete link group {group}")
+        except NetlinkError as e:
+            if e.errno in (19, 2):
+                return False
+            raise
+        return True
 
     def link_del(self, name: str) -> bool:
         body = _IFI.pack(0, 0, 0, 0, 0) + attr_str(IFLA_IFNAME, name)

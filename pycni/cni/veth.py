@@ -57,6 +57,8 @@ BRIDGE_PORT_PREFIX = "veth"
 #: ifalias of a host veth whose DEL has answered and whose destruction is pending: a restarted agent
 #: finds and destroys these (the mark says "ours, and dead"), so a crash never leaks a pair.
 REAP_ALIAS = "pycni:deleted"
+#: device group of those pairs: the reaper destroys the whole group in one kernel request.
+REAP_GROUP = 0x70636E69  # "pcni"
 EEXIST, ENODEV = 17, 19
 _GW = ipaddress.IPv4Address(CALI_GATEWAY)
 _GW_NET = ipaddress.IPv4Network(f"{CALI_GATEWAY}/32")
@@ -295,7 +297,7 @@ def host_teardown(host: Rtnl, host_name: str, ips: list[Any], reaper: Any | None
         return
     for ip in ips:
         host.route_del(ipaddress.ip_network((ip.ip, ip.ip.max_prefixlen)), proto=RTPROT_FELIX)
-    if host.link_down(host_name, alias=REAP_ALIAS):
+    if host.link_down(host_name, alias=REAP_ALIAS, group=REAP_GROUP):
         reaper.reap(host_name)
 
 
