@@ -126,27 +126,20 @@ def main(argv: list[str] | None = None) -> int:
             return None
 
     ctx = BgpContext(nodename=nodename, iface=args.iface, resolve=resolve, secret=secret)
-    announcer: Announcer
-    exa: ExaBgp
-    config: ExaBgpConfig
     from pycni.cni.rtnl import Rtnl
 
-    routes = LearnedRoutes(nl, proto=RTPROT_BGPD, fast=Rtnl())
-    agent: Agent[BgpSpec]
-
-    def program(spec: BgpSpec) -> None:
-        config.set_spec(spec)
-
     stop = threading.Event()
+
     def timed_calc(s: Any) -> BgpSpec:
         t = time.monotonic()
         spec = calc(s, ctx)
         log.debug("calc", seconds=round(time.monotonic() - t, 4), keys=len(s))
         return spec
 
-    agent = Agent(name="bgpd", calc=timed_calc, bindings=[], sources=("datastore", "bgp"),
-                  resync_interval=args.resync_interval)
-    speaker = Speaker(agent.emitter("bgp"), stale_time=args.stale_time, restart_window=args.restart_window)
+    # The speaker needs the agent's emitter and exabgp needs the speaker: the callbacks below
+    # resolve `speaker`, `agent` and `announcer` when called, after all three exist.
+    def on_event(ev: Any) -> None:
+        speaker.handle(ev)
 
     def on_restart() -> None:
         speaker.all_down()
@@ -155,13 +148,17 @@ def main(argv: list[str] | None = None) -> int:
 
     exa = ExaBgp(conf_path=os.path.join(run_dir, "exabgp.conf"),
                  api_socket=os.path.join(run_dir, "exabgp-api.sock"),
-                 on_event=speaker.handle, on_restart=on_restart, port=args.bgp_port, user=args.exabgp_user,
+                 on_event=on_event, on_restart=on_restart, port=args.bgp_port, user=args.exabgp_user,
                  exabgp=args.exabgp or None,
                  extra_env=dict(kv.split("=", 1) for kv in args.exabgp_env if "=" in kv))
     config = ExaBgpConfig(exa, hold_time=args.hold_time, graceful_restart=args.graceful_restart)
     announcer = Announcer(exa.send)
-    for drv, prog in ((config, program), (announcer, announcer.set_spec), (routes, routes.set_spec)):
-        agent._bindings.append(Binding(drv, prog))  # noqa: SLF001 - bindings need the agent's emitter first
+    routes = LearnedRoutes(nl, proto=RTPROT_BGPD, fast=Rtnl())
+    agent: Agent[BgpSpec] = Agent(
+        name="bgpd", calc=timed_calc, sources=("datastore", "bgp"), resync_interval=args.resync_interval,
+        bindings=[Binding(config, config.set_spec), Binding(announcer, announcer.set_spec),
+                  Binding(routes, routes.set_spec)])
+    speaker = Speaker(agent.emitter("bgp"), stale_time=args.stale_time, restart_window=args.restart_window)
 
     heartbeat = [time.monotonic()]
 
