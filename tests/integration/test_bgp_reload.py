@@ -6,6 +6,8 @@ never comes up would hold them forever if we announced to it, and no node could 
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -46,5 +48,20 @@ def test_node_joins_while_a_bgppeer_is_unreachable() -> None:
         tb.wait_for(lambda: "10.244.3.0/26" in learned(), 10, "route")
         assert (query(tb.status_socket(n1)) or {}).get("exabgp_pid") == pid  # reloaded, not restarted
         assert peers("n1").get(n2.ip) == "Established"
+
+        # exabgp dies under bgpd: it is restarted, everything is re-announced, no route is lost.
+        os.kill(pid, signal.SIGKILL)
+        tb.wait_for(
+            lambda: (query(tb.status_socket(n1)) or {}).get("exabgp_pid") not in (None, pid),
+            20,
+            "exabgp restarted",
+        )
+        tb.wait_for(
+            lambda: peers("n1").get(n2.ip) == "Established" and peers("n1").get(n3.ip) == "Established",
+            30,
+            "sessions back",
+        )
+        assert "10.244.1.0/26" in {r["dst"] for r in tb.kernel_routes(lab, "n2", "81")}
+        assert {"10.244.2.0/26", "10.244.3.0/26"} <= learned()
     finally:
         lab.down()
