@@ -24,10 +24,18 @@ from pycni.constants import CALI_PREFIX
 WEP_PREFIX = "/calico/resources/v3/projectcalico.org/workloadendpoints/"
 
 
-def host_veth_name(args: dict[str, str], container_id: str, prefix: str = CALI_PREFIX) -> str:
+def host_veth_name(
+    args: dict[str, str], container_id: str, prefix: str = CALI_PREFIX, ifname: str = "eth0"
+) -> str:
+    """Calico's name for the pod's eth0. A second interface of the same pod (multus) must not take
+    the same host name, so any other ifname joins the hashed key (our choice; Calico's k8s mode
+    wires one interface per pod)."""
     ns, pod = args.get("K8S_POD_NAMESPACE"), args.get("K8S_POD_NAME")
     if ns and pod:
-        return prefix + sha1(f"{ns}.{pod}".encode()).hexdigest()[:11]
+        key = f"{ns}.{pod}" if ifname == "eth0" else f"{ns}.{pod}.{ifname}"
+        return prefix + sha1(key.encode()).hexdigest()[:11]
+    if ifname != "eth0":
+        return prefix + sha1(f"{container_id}.{ifname}".encode()).hexdigest()[:11]
     return prefix + container_id[:11]
 
 

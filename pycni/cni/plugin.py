@@ -400,7 +400,7 @@ class CniPlugin:
 
     def _host_name(self, nc: NetConf, a: CmdArgs) -> str:
         if nc.mode == "calico":
-            return calico.host_veth_name(a.args, a.container_id)
+            return calico.host_veth_name(a.args, a.container_id, ifname=a.ifname)
         return veth.bridge_port_name(a.container_id, a.ifname)
 
     def _wep(self, nc: NetConf, a: CmdArgs) -> tuple[str, str] | None:

@@ -164,8 +164,16 @@ def calico_add(
         pod.addr_add(link.index, addr)
     fault(a, "after_addresses")
 
-    pod.route_add(_GW_NET, oif=link.index, scope=RT_SCOPE_LINK)
-    pod.route_add(_DEFAULT, oif=link.index, gateway=_GW)
+    routes = [spec.route("0.0.0.0/0", CALI_GATEWAY)]
+    try:
+        pod.route_add(_GW_NET, oif=link.index, scope=RT_SCOPE_LINK)
+        pod.route_add(_DEFAULT, oif=link.index, gateway=_GW)
+    except NetlinkError as e:
+        # A second interface of the pod (multus): the gateway routes exist via the first one and
+        # stay there; this interface carries only its own address.
+        if e.errno != EEXIST or a.ifname == "eth0":
+            raise
+        routes = []
     fault(a, "after_routes")
 
     # Host side. proxy_arp: answer the pod's ARP for 169.254.1.1 (and everything else) with our
@@ -198,7 +206,7 @@ def calico_add(
     result = {
         "interfaces": [spec.iface(host_name, CALI_HOST_MAC), spec.iface(a.ifname, pod_mac, a.netns)],
         "ips": [spec.ip_config(x, None, 1) for x in addresses],
-        "routes": [spec.route("0.0.0.0/0", CALI_GATEWAY)],
+        "routes": routes,
         "dns": {},
     }
     return Wired(result, pod_mac)
@@ -339,7 +347,7 @@ def check(
             dst = str(ipaddress.ip_network(r["dst"]))
             if (dst, r.get("gw")) not in routes:
                 problems.append(f"route {dst} via {r.get('gw')} is missing in the pod")
-        if mode == "calico" and (str(_GW_NET), None) not in routes:
+        if mode == "calico" and prev.get("routes") and (str(_GW_NET), None) not in routes:
             problems.append(f"route {CALI_GATEWAY} dev {ifname} scope link is missing in the pod")
     return problems + _check_host(host, host_name, prev, mode, bridge)
 

@@ -492,3 +492,17 @@ def test_del_uses_prev_result_when_the_cache_is_gone(node: Node) -> None:
     assert ipam_files(node.tmp / "ipam" / "k8s-pod-network") == []
     node.wait_reaped(res["interfaces"][0]["name"])
     assert not [x for x in node.routes() if x["dst"] == res["ips"][0]["address"].split("/")[0]]
+
+
+def test_second_interface_of_a_pod(node: Node) -> None:
+    conf = calico_conf(node)
+    pa = node.pod("pa")
+    args = K8S.format(pod="web-0")
+    r0 = node.cni("ADD", conf, cid="ca", netns=pa, args=args)
+    r1 = node.cni("ADD", conf, cid="ca", netns=pa, args=args, ifname="net1")
+    assert r0.rc == 0 and r1.rc == 0, r1.stdout
+    assert r0.json["interfaces"][0]["name"] != r1.json["interfaces"][0]["name"]
+    assert {x["ifname"] for x in ip_json(pa, "link")} >= {"eth0", "net1"}
+    assert node.cni("DEL", conf, cid="ca", netns=pa, args=args, ifname="net1").rc == 0
+    node.wait_reaped(r1.json["interfaces"][0]["name"])
+    assert "eth0" in {x["ifname"] for x in ip_json(pa, "link")}

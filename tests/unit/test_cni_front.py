@@ -166,6 +166,9 @@ def test_calico_names() -> None:
     want = "cali" + hashlib.sha1(b"default.web-0").hexdigest()[:11]
     assert calico.host_veth_name({"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "web-0"}, "abc") == want
     assert calico.host_veth_name({}, "0123456789abcdef") == "cali0123456789a"
+    k8s = {"K8S_POD_NAMESPACE": "default", "K8S_POD_NAME": "web-0"}
+    second = calico.host_veth_name(k8s, "abc", ifname="net1")
+    assert second != want and second.startswith("cali") and len(second) == 15
     assert calico.wep_name("node-1", "web-0", "eth0") == "node--1-k8s-web--0-eth0"
     assert len(bridge_port_name("c", "eth0")) == 12
 
