@@ -24,6 +24,7 @@ import queue
 import socket
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -316,6 +317,13 @@ class CniPlugin:
         self._host_pool: queue.SimpleQueue[Rtnl] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.reaper = reaper
+        # Helper threads for overlapping I/O within one request; only worth having in the agent
+        # (a thread costs more than it saves in a one-shot process).
+        self._pool: ThreadPoolExecutor | None = (
+            ThreadPoolExecutor(max_workers=4, thread_name_prefix="pycni-cni-io")
+            if reaper is not None
+            else None
+        )
 
     # ------------------------------------------------------------------ shared resources
     @contextlib.contextmanager
@@ -427,20 +435,42 @@ class CniPlugin:
                 flush = self.reaper.flush if self.reaper is not None else None
                 ds = self._datastore(nc) if nc.mode == "calico" else None
                 ipam = self._ipam(nc, fenv)
-                assigned = ipam.assign(owner)
-                undo.callback(self._quiet, "release addresses", ipam.release, owner)
-                log.debug(
-                    "addresses assigned", container_id=a.container_id, ips=[str(x.address) for x in assigned]
-                )
-                fault(a, "after_ipam")
+                # IPAM (file or datastore I/O) runs on a helper thread while this one has the
+                # kernel create the veth pair; the wiring asks for the addresses once the pair
+                # exists. The undo waits for the helper, so a failure anywhere still releases.
+                pending = self._pool.submit(ipam.assign, owner) if self._pool is not None else None
+
+                def release_when_done() -> None:
+                    if pending is not None:
+                        try:
+                            pending.result()
+                        except Exception:  # noqa: BLE001 - nothing was assigned
+                            return
+                    ipam.release(owner)
+
+                undo.callback(self._quiet, "release addresses", release_when_done)
+                got: list[Any] = []
+
+                def addresses() -> list[Any]:
+                    if not got:
+                        got.extend(pending.result() if pending is not None else ipam.assign(owner))
+                        log.debug(
+                            "addresses assigned",
+                            container_id=a.container_id,
+                            ips=[str(x.address) for x in got],
+                        )
+                        fault(a, "after_ipam")
+                    return got
 
                 if nc.mode == "calico":
                     # Calico pods get /32s whatever the IPAM's prefix: nothing is on-link for a
                     # pod, every packet goes to the host (169.254.1.1) and is routed there.
-                    host32 = [
-                        ipaddress.ip_interface((x.address.ip, x.address.ip.max_prefixlen)) for x in assigned
-                    ]
-                    assigned = [type(x)(h, None) for x, h in zip(assigned, host32, strict=True)]
+                    def host32() -> list[Any]:
+                        return [
+                            ipaddress.ip_interface((x.address.ip, x.address.ip.max_prefixlen))
+                            for x in addresses()
+                        ]
+
                     wired = veth.calico_add(
                         host,
                         pod,
@@ -464,7 +494,7 @@ class CniPlugin:
                         bridge=nc.bridge,
                         env=fenv,
                         mtu=nc.mtu or fenv.mtu,
-                        addresses=assigned,
+                        addresses=addresses,
                         hairpin=nc.hairpin,
                         default_gateway=nc.default_gateway,
                         ip_masq=masq,
@@ -472,6 +502,7 @@ class CniPlugin:
                         undo=undo,
                         flush=flush,
                     )
+                used = [x if hasattr(x, "ip") else x.address for x in (wired.addresses or [])]
 
                 wep_key = None
                 if nc.mode == "calico" and ds is not None:
@@ -488,7 +519,7 @@ class CniPlugin:
                             endpoint=a.ifname,
                             interface_name=host_name,
                             mac=wired.pod_mac,
-                            ip_networks=[str(x.address) for x in assigned],
+                            ip_networks=[str(x) for x in used],
                         )
                         self._ds_call(ds.put, wep_key, value)
                         undo.callback(self._quiet, "delete endpoint", ds.delete, wep_key)
@@ -518,7 +549,7 @@ class CniPlugin:
                     container_id=a.container_id,
                     dev=host_name,
                     netns=a.netns,
-                    ips=[str(x.address) for x in assigned],
+                    ips=[str(x) for x in used],
                     endpoint=wep_key,
                 )
                 return result
@@ -726,6 +757,8 @@ class CniPlugin:
             raise CniError(spec.ERR_NOT_AVAILABLE, "address pool exhausted", f"network {nc.name}")
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
         while True:
             try:
                 self._host_pool.get_nowait().close()

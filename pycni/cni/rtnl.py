@@ -123,6 +123,7 @@ class LinkInfo:
     master: int
     kind: str
     alias: str = ""
+    link: int = 0  # IFLA_LINK: for a veth, the peer's index (in the peer's namespace)
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,11 +241,14 @@ class Rtnl:
         peer_netns_fd: int,
         mtu: int,
         master: int = 0,
-    ) -> None:
+    ) -> LinkInfo | None:
         """Both ends in one message: the peer is created directly in the pod netns (no move).
 
         The host end comes up at creation; the peer must be set up afterwards from inside its
         namespace (asking for IFF_UP on the peer here fails with ENOTCONN on this 6.x kernel).
+        Returns the host end as the kernel echoes it (NLM_F_ECHO on create, Linux >= 6.2): its
+        index, and in `link` the peer's index, which saves a GET on each side; None on older
+        kernels.
         """
         peer_body = (
             _IFI.pack(0, 0, 0, 0, 0)
@@ -266,7 +270,15 @@ class Rtnl:
             + (attr_u32(IFLA_MASTER, master) if master else b"")
             + linkinfo
         )
-        self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create veth {name}/{peer}")
+        echoed: list[bytes] = []
+        self.request(
+            RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL | NLM_F_ECHO, body, f"create veth {name}/{peer}", echoed
+        )
+        for m in echoed:
+            info = _parse_link(m)
+            if info.name == name:
+                return info
+        return None
 
     def bridge_add(self, name: str, mtu: int) -> None:
         body = (
@@ -277,8 +289,8 @@ class Rtnl:
         )
         self.request(RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, body, f"create bridge {name}")
 
-    def link_up(self, name: str) -> None:
-        body = _IFI.pack(0, 0, 0, IFF_UP, IFF_UP) + attr_str(IFLA_IFNAME, name)
+    def link_up(self, name: str, index: int = 0) -> None:
+        body = _IFI.pack(0, 0, index, IFF_UP, IFF_UP) + (b"" if index else attr_str(IFLA_IFNAME, name))
         self.request(RTM_NEWLINK, 0, body, f"set {name} up")
 
     def set_inet_conf(self, name: str, conf: dict[int, int]) -> None:
@@ -486,6 +498,7 @@ def _parse_link(m: bytes) -> LinkInfo:
         master=struct.unpack("=I", a[IFLA_MASTER])[0] if IFLA_MASTER in a else 0,
         kind=kind,
         alias=a.get(IFLA_IFALIAS, b"").rstrip(b"\0").decode(errors="replace"),
+        link=struct.unpack("=I", a[IFLA_LINK])[0] if IFLA_LINK in a else 0,
     )
 
 

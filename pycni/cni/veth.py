@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import threading
+import time
 from _sha1 import sha1  # the builtin: hashlib would load OpenSSL (~40 ms in-process)
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -59,7 +61,7 @@ BRIDGE_PORT_PREFIX = "veth"
 REAP_ALIAS = "pycni:deleted"
 #: device group of those pairs: the reaper destroys the whole group in one kernel request.
 REAP_GROUP = 0x70636E69  # "pcni"
-EEXIST, ENODEV = 17, 19
+EEXIST, ENODEV, EINVAL = 17, 19, 22
 _GW = ipaddress.IPv4Address(CALI_GATEWAY)
 _GW_NET = ipaddress.IPv4Network(f"{CALI_GATEWAY}/32")
 _DEFAULT = ipaddress.IPv4Network("0.0.0.0/0")
@@ -90,6 +92,7 @@ class Wired:
     result: dict[str, Any]
     pod_mac: str
     ip_masq: bool = False
+    addresses: list[Any] | None = None
 
 
 def _quiet(fn: Callable[..., Any], *args: Any) -> None:
@@ -110,13 +113,16 @@ def _create_veth(
     mtu: int,
     master: int = 0,
     flush: Callable[[], bool] | None = None,
-) -> None:
-    """Create the pair. EEXIST means one of the two names is taken: the pod's interface (the spec's
-    "ADD MUST fail if the interface exists") or a stale host end of an earlier sandbox of this pod
-    (deleted and replaced, as Calico does). Telling them apart costs a GET only on this path."""
+) -> LinkInfo | None:
+    """Create the pair; return the host end as echoed by the kernel (None if not echoed).
+
+    EEXIST means one of the two names is taken: the pod's interface (the spec's "ADD MUST fail if
+    the interface exists") or a stale host end of an earlier sandbox of this pod (deleted and
+    replaced, as Calico does). Telling them apart costs a GET only on this path."""
+    info = None
     for attempt in range(3):
         try:
-            host.veth_add(host_name, host_mac, a.ifname, pod_mac, nsfd, mtu, master)
+            info = host.veth_add(host_name, host_mac, a.ifname, pod_mac, nsfd, mtu, master)
             break
         except NetlinkError as e:
             if e.errno != EEXIST or attempt == 2:
@@ -132,10 +138,14 @@ def _create_veth(
             log.info("stale host veth replaced", dev=host_name)
             host.link_del(host_name)
     log.debug("veth created", dev=host_name, peer=a.ifname, netns=a.netns)
+    return info
 
 
-def _pod_link(pod: Rtnl, ifname: str) -> LinkInfo:
-    pod.link_up(ifname)
+def _pod_link(pod: Rtnl, ifname: str, index: int = 0) -> LinkInfo:
+    """Bring the pod end up; its index comes from the creation echo when we have it."""
+    pod.link_up(ifname, index)
+    if index:
+        return LinkInfo(index=index, name=ifname, mac="", mtu=0, up=True, master=0, kind="veth")
     link = pod.link_get(ifname)
     if link is None:  # pragma: no cover - we just created it
         raise CniError(spec.ERR_INTERNAL, f"{ifname} vanished from the pod namespace")
@@ -150,17 +160,20 @@ def calico_add(
     *,
     host_name: str,
     mtu: int,
-    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+    addresses: Callable[[], list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]],
     undo: ExitStack,
     flush: Callable[[], bool] | None = None,
 ) -> Wired:
+    """`addresses` resolves the IPAM result; it is called after the pair exists, so the IPAM work
+    (file or datastore I/O) can run while the kernel creates the veth."""
     pod_mac = random_mac()
-    _create_veth(host, pod, host_name, CALI_HOST_MAC, a, pod_mac, nsfd, mtu, flush=flush)
+    hinfo = _create_veth(host, pod, host_name, CALI_HOST_MAC, a, pod_mac, nsfd, mtu, flush=flush)
     undo.callback(_quiet, host.link_del, host_name)
     fault(a, "after_veth")
 
-    link = _pod_link(pod, a.ifname)
-    for addr in addresses:
+    addrs = addresses()
+    link = _pod_link(pod, a.ifname, hinfo.link if hinfo else 0)
+    for addr in addrs:
         pod.addr_add(link.index, addr)
     fault(a, "after_addresses")
 
@@ -187,10 +200,10 @@ def calico_add(
         },
     )
     sysctl_write(f"net/ipv4/neigh/{host_name}/proxy_delay", "0")
-    hlink = host.link_get(host_name)
+    hlink = hinfo or host.link_get(host_name)
     if hlink is None:  # pragma: no cover
         raise CniError(spec.ERR_INTERNAL, f"{host_name} vanished")
-    for addr in addresses:
+    for addr in addrs:
         dst = ipaddress.ip_network((addr.ip, addr.ip.max_prefixlen))
         try:
             host.route_add(dst, oif=hlink.index, scope=RT_SCOPE_LINK, proto=RTPROT_FELIX)
@@ -200,19 +213,43 @@ def calico_add(
             # felix (or a stale endpoint) was first: point it at this pod's interface.
             host.route_add(dst, oif=hlink.index, scope=RT_SCOPE_LINK, proto=RTPROT_FELIX, replace=True)
         undo.callback(_quiet, host.route_del, dst)
-    log.debug("host route set", dev=host_name, ips=[str(x.ip) for x in addresses])
+    log.debug("host route set", dev=host_name, ips=[str(x.ip) for x in addrs])
     fault(a, "after_host")
 
     result = {
         "interfaces": [spec.iface(host_name, CALI_HOST_MAC), spec.iface(a.ifname, pod_mac, a.netns)],
-        "ips": [spec.ip_config(x, None, 1) for x in addresses],
+        "ips": [spec.ip_config(x, None, 1) for x in addrs],
         "routes": routes,
         "dns": {},
     }
-    return Wired(result, pod_mac)
+    return Wired(result, pod_mac, addresses=addrs)
 
 
-def ensure_bridge(host: Rtnl, name: str, mtu: int, gateway: ipaddress.IPv4Interface) -> LinkInfo:
+#: bridges this process has verified recently: (name, gateway) -> (link, monotonic time). An agent
+#: serving many ADDs checks cni0 (exists, is a bridge, up, holds the gateway, ip_forward on) at
+#: most every BRIDGE_RECHECK seconds instead of three requests per pod; a stale entry (bridge
+#: deleted meanwhile) is caught by the veth request's EINVAL and re-ensured on the spot.
+BRIDGE_RECHECK = 5.0
+_bridges: dict[tuple[str, str], tuple[LinkInfo, float]] = {}
+_bridges_lock = threading.Lock()
+
+
+def ensure_bridge(
+    host: Rtnl, name: str, mtu: int, gateway: ipaddress.IPv4Interface, *, fresh: bool = False
+) -> LinkInfo:
+    key = (name, str(gateway))
+    now = time.monotonic()
+    with _bridges_lock:
+        hit = _bridges.get(key)
+    if hit is not None and not fresh and now - hit[1] < BRIDGE_RECHECK:
+        return hit[0]
+    br = _ensure_bridge(host, name, mtu, gateway)
+    with _bridges_lock:
+        _bridges[key] = (br, now)
+    return br
+
+
+def _ensure_bridge(host: Rtnl, name: str, mtu: int, gateway: ipaddress.IPv4Interface) -> LinkInfo:
     br = host.link_get(name)
     if br is None:
         try:
@@ -244,7 +281,7 @@ def flannel_add(
     bridge: str,
     env: Any,
     mtu: int,
-    addresses: list[Any],
+    addresses: Callable[[], list[Any]],
     hairpin: bool,
     default_gateway: bool,
     ip_masq: bool,
@@ -255,14 +292,25 @@ def flannel_add(
     gw_iface: ipaddress.IPv4Interface = env.subnet
     br = ensure_bridge(host, bridge, mtu, gw_iface)
     host_mac, pod_mac = random_mac(), random_mac()
-    _create_veth(host, pod, host_name, host_mac, a, pod_mac, nsfd, mtu, master=br.index, flush=flush)
+    try:
+        hinfo = _create_veth(
+            host, pod, host_name, host_mac, a, pod_mac, nsfd, mtu, master=br.index, flush=flush
+        )
+    except NetlinkError as e:
+        if e.errno not in (EINVAL, ENODEV):
+            raise
+        br = ensure_bridge(host, bridge, mtu, gw_iface, fresh=True)  # the cached bridge is gone
+        hinfo = _create_veth(
+            host, pod, host_name, host_mac, a, pod_mac, nsfd, mtu, master=br.index, flush=flush
+        )
     undo.callback(_quiet, host.link_del, host_name)
     if hairpin:
         host.set_hairpin(host_name)
     fault(a, "after_veth")
 
-    link = _pod_link(pod, a.ifname)
-    for x in addresses:
+    addrs = addresses()
+    link = _pod_link(pod, a.ifname, hinfo.link if hinfo else 0)
+    for x in addrs:
         pod.addr_add(link.index, x.address)
     fault(a, "after_addresses")
 
@@ -279,7 +327,7 @@ def flannel_add(
     if ip_masq:
         from pycni.cni import masq
 
-        for x in addresses:
+        for x in addrs:
             masq.setup(network, a.container_id, a.ifname, x.address.ip, env.networks)
         undo.callback(_quiet, masq.teardown, network, a.container_id, a.ifname)
     fault(a, "after_host")
@@ -290,11 +338,11 @@ def flannel_add(
             spec.iface(host_name, host_mac),
             spec.iface(a.ifname, pod_mac, a.netns),
         ],
-        "ips": [spec.ip_config(x.address, x.gateway, 2) for x in addresses],
+        "ips": [spec.ip_config(x.address, x.gateway, 2) for x in addrs],
         "routes": routes,
         "dns": {},
     }
-    return Wired(result, pod_mac, ip_masq)
+    return Wired(result, pod_mac, ip_masq, addresses=addrs)
 
 
 def host_teardown(host: Rtnl, host_name: str, ips: list[Any], reaper: Any | None) -> None:
