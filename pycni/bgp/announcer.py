@@ -76,36 +76,38 @@ class Announcer:
         # command (`neighbor A , neighbor B announce attributes ... nlri P1 P2 ...`, up to `group`
         # prefixes): exabgp's API intake is per prefix and per command, not per neighbour.
         up = {p for p, s in self._sessions.items() if s.state == "up"}
-        withdraw_to: dict[IPNetwork, set[IPAddress]] = {}
-        for key, _ in self.tracker.pending_deletions():
+        withdraw_to: dict[tuple[str, IPNetwork], set[IPAddress]] = {}
+        for key, old in self.tracker.pending_deletions():
             if key[0] not in self._peers:
                 self.tracker.on_dataplane_deleted(key)  # neighbour gone from exabgp with its RIB
                 continue
             if key[0] in up:
-                withdraw_to.setdefault(key[1], set()).add(key[0])
+                # the next hop we announced (a "self" here would cost exabgp a deepcopy per route)
+                withdraw_to.setdefault((old.next_hop, key[1]), set()).add(key[0])
         announce_to: dict[tuple[Announcement, IPNetwork], set[IPAddress]] = {}
         for key, ann in self.tracker.pending_updates():
             if key[0] in up:
                 announce_to.setdefault((ann, key[1]), set()).add(key[0])
-        groups: dict[tuple[Announcement | None, tuple[IPAddress, ...]], list[IPNetwork]] = {}
+        groups: dict[tuple[Announcement | None, str, tuple[IPAddress, ...]], list[IPNetwork]] = {}
 
-        def add(ann: Announcement | None, prefix: IPNetwork, peers: set[IPAddress]) -> None:
+        def add(ann: Announcement | None, nh: str, prefix: IPNetwork, peers: set[IPAddress]) -> None:
             together = tuple(sorted(peers, key=lambda a: (a.version, int(a))))
-            groups.setdefault((ann, together), []).append(prefix)
+            groups.setdefault((ann, nh, together), []).append(prefix)
 
-        for prefix, to in withdraw_to.items():
-            add(None, prefix, to)
+        for (nh, prefix), to in withdraw_to.items():
+            add(None, nh, prefix, to)
         for (ann, prefix), to in announce_to.items():
-            add(ann, prefix, to)
+            add(ann, "", prefix, to)
         ops: list[tuple[str, list[Key], Announcement | None]] = []
-        order = sorted(groups.items(), key=lambda g: (g[0][0] is not None, [str(p) for p in g[0][1]]))
-        for (what, targets), pfxs in order:
+        order = sorted(groups.items(),
+                       key=lambda g: (g[0][0] is not None, g[0][1], [str(p) for p in g[0][2]]))
+        for (what, nh, targets), pfxs in order:
             for i in range(0, len(pfxs), self._group):
                 chunk = pfxs[i:i + self._group]
                 single = len(chunk) == 1 and len(targets) == 1
                 if what is None:
                     cmd = (exabgp_api.withdraw_cmd(targets[0], chunk[0]) if single
-                           else exabgp_api.withdraw_many_cmd(targets, chunk))
+                           else exabgp_api.withdraw_many_cmd(targets, chunk, nh))
                 else:
                     cmd = (exabgp_api.announce_cmd(targets[0], chunk[0], what) if single
                            else exabgp_api.announce_many_cmd(targets, chunk, what))

@@ -261,8 +261,8 @@ def announce_many_cmd(peers: Peers, prefixes: Prefixes, a: Announcement) -> str:
     return f"{_selector(peers)} announce attributes {_attr_text(a)} {_nlri(prefixes)}"
 
 
-def withdraw_many_cmd(peers: Peers, prefixes: Prefixes) -> str:
-    return f"{_selector(peers)} withdraw attributes next-hop self {_nlri(prefixes)}"
+def withdraw_many_cmd(peers: Peers, prefixes: Prefixes, next_hop: str = "self") -> str:
+    return f"{_selector(peers)} withdraw attributes next-hop {next_hop} {_nlri(prefixes)}"
 
 
 def withdraw_cmd(peer: IPAddress | str, prefix: IPNetwork | str) -> str:

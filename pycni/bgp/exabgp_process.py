@@ -39,14 +39,7 @@ from pycni.errors import Transient
 log = structlog.get_logger(__name__)
 
 RELAY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "relay.py")
-
-
-def find_exabgp() -> str:
-    """The exabgp beside our interpreter (the venv), else the one on PATH."""
-    here = os.path.join(os.path.dirname(sys.executable), "exabgp")
-    if os.path.exists(here):
-        return here
-    return shutil.which("exabgp") or "exabgp"
+LAUNCH_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "exabgp_launch.py")
 
 
 class ExaBgp:
@@ -72,7 +65,9 @@ class ExaBgp:
         self.bind = bind
         self.port = port
         self.user = user
-        self.exabgp = exabgp or find_exabgp()
+        # Default: exabgp from our own interpreter through the launcher (one hot-path fix, see
+        # exabgp_launch.py); an explicit binary is run as it is.
+        self.exabgp = exabgp or ""
         self.log_path = log_path or os.path.join(os.path.dirname(conf_path), "exabgp.log")
         self.ack_timeout = ack_timeout
         self.extra_env = dict(extra_env or {})
@@ -122,7 +117,8 @@ class ExaBgp:
         self._listener = s
 
     def _argv(self) -> list[str]:
-        argv = [self.exabgp, "server", self.conf_path]
+        base = [self.exabgp] if self.exabgp else [sys.executable, LAUNCH_PATH]
+        argv = [*base, "server", self.conf_path]
         if os.geteuid() == 0 and self._uid != 0 and shutil.which("setpriv"):
             argv = [
                 "setpriv", f"--reuid={self._uid}", f"--regid={self._gid}", "--clear-groups",

@@ -15,7 +15,7 @@ dial (exabgp listens too and resolves the collision), because exabgp's reconnect
 60 s: a restarted node must not wait for its passive peer's next attempt.
 
 Announcements: our confirmed affine blocks (minus pools that are disabled or `disableBGPExport`)
-go to every peer with next hop self. exabgp does not reflect, so a reflector does it here: a
+go to every peer with our address as next hop. exabgp does not reflect, so a reflector does it here: a
 client's best route goes to every other iBGP peer, a non-client's to clients only, with
 ORIGINATOR_ID set (kept if present) and our cluster ID prepended to CLUSTER_LIST; a route whose
 cluster list already holds our ID, or whose originator is us, is a loop and is dropped.
@@ -429,9 +429,12 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
         exported.append(b)
 
     ann: dict[tuple[IPAddress, IPNetwork], Announcement] = {}
+    # Our address, not "self": same meaning for every session (they all use the node address), and
+    # exabgp deep-copies every "self" route per neighbour to rewrite it (see exabgp_launch.py).
+    own = Announcement(next_hop=str(my_ip))
     for p in peers:
         for b in exported:
-            ann[(p.address, b)] = Announcement(next_hop="self")
+            ann[(p.address, b)] = own
 
     # learned routes, loop-checked, grouped per prefix
     by_prefix: dict[IPNetwork, list[tuple[IPAddress, RouteAttrs]]] = {}

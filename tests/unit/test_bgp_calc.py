@@ -174,7 +174,7 @@ def test_announces_confirmed_own_blocks_to_every_peer() -> None:
         (ip("10.99.0.12"), net("10.244.1.0/26")),
         (ip("10.99.0.13"), net("10.244.1.0/26")),
     }
-    assert all(a.next_hop == "self" for a in spec.announcements.values())
+    assert all(a.next_hop == "10.99.0.11" for a in spec.announcements.values())
 
 
 def test_learned_routes_become_direct_kernel_routes() -> None:
