@@ -177,3 +177,26 @@ def test_demo_bridge_mode() -> None:
     assert cp.returncode == 0, cp.stdout + cp.stderr
     assert "bridge: ok" in cp.stdout
     assert lab_netns() == []
+
+
+def test_uml_run_passes_status_back_and_fails_loudly(tmp_path: os.PathLike[str]) -> None:
+    """scripts/uml-run: the guest command's exit status is ours; timeouts and a missing UML fail."""
+    uml_run = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "uml-run")
+    env = dict(os.environ, UML_RESULTS=str(tmp_path))
+    cp = subprocess.run(
+        [uml_run, "sh", "-c", 'test "$PYCNI_IN_UML" = 1 && touch "$UML_RESULTS/seen" && exit 7'],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cp.returncode == 7, cp.stdout + cp.stderr
+    assert os.path.exists(os.path.join(tmp_path, "seen"))  # the results dir is written through
+    cp = subprocess.run(
+        [uml_run, "sleep", "60"], env=dict(env, UML_TIMEOUT="6"), capture_output=True, text=True, timeout=120
+    )
+    assert cp.returncode == 124 and "timeout" in cp.stderr
+    cp = subprocess.run(
+        [uml_run, "true"], env=dict(env, UML_BIN="/nonexistent"), capture_output=True, text=True
+    )
+    assert cp.returncode != 0 and "FAILED" in cp.stderr
