@@ -97,10 +97,12 @@ class Monitor:
 
 
 def etcd_txns(lab: Lab, puts: list[tuple[str, str]], delete: bool = False) -> None:
+    """Write the keys in transactions of <= 125 operations (etcd's max-txn-ops is 128), in parallel."""
+    procs = []
     for i in range(0, len(puts), 125):
         chunk = puts[i : i + 125]
         ops = "".join((f"del {k}\n" if delete else f"put {k} {json.dumps(v)}\n") for k, v in chunk)
-        subprocess.run(
+        p = subprocess.Popen(
             [
                 "nsenter",
                 f"--net=/run/netns/{netns_etcd(lab.name)}",
@@ -108,12 +110,19 @@ def etcd_txns(lab: Lab, puts: list[tuple[str, str]], delete: bool = False) -> No
                 f"--endpoints=http://127.0.0.1:{ETCD_PORT}",
                 "txn",
             ],
-            input="\n" + ops + "\n\n",
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
             text=True,
-            capture_output=True,
-            check=True,
             env=dict(os.environ, ETCDCTL_API="3"),
         )
+        assert p.stdin is not None
+        p.stdin.write("\n" + ops + "\n\n")
+        p.stdin.close()
+        procs.append(p)
+    for p in procs:
+        if p.wait(60) != 0:
+            raise RuntimeError(f"etcdctl txn failed: {p.stderr.read() if p.stderr else ''}")
 
 
 def bird_statics(node: LabNode, prefixes: list[str]) -> None:
@@ -127,12 +136,12 @@ def birdc(lab: Lab, node: LabNode, *args: str, check: bool = True) -> str:
     return lab.exec(node, ["birdc", "-s", ctl, *args], check=check).stdout
 
 
-def setup(lab: Lab) -> tuple[list[LabNode], list[LabNode]]:
+def setup(lab: Lab, extra: list[str] | None = None) -> tuple[list[LabNode], list[LabNode]]:
     ours, birds = lab.nodes[:3], lab.nodes[3:]
     tb.put_pool(lab, "10.244.0.0/16")
     for n in ours:
         tb.put_node(lab, n.name, n.ip)
-        lab.spawn(n, "bgpd", tb.bgpd_argv(lab, n, "--log-level", "warning"))
+        lab.spawn(n, "bgpd", tb.bgpd_argv(lab, n, "--log-level", "warning", *(extra or [])))
     for n in birds:
         bird_statics(n, [])
         conf = os.path.join(n.dir, "bird.conf")
@@ -196,13 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1, 1000])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", action="store_true", help="leave the lab up (debugging)")
+    ap.add_argument("--bgpd-arg", action="append", default=[], help="extra pycni-bgpd flag (repeatable)")
     args = ap.parse_args(argv)
     lab = Lab(LAB)
     lab.down()
     lab.up(nodes=6, mode="bgp-bare")
     results: dict[str, Any] = {}
     try:
-        ours, birds = setup(lab)
+        ours, birds = setup(lab, args.bgpd_arg)
         for n in args.sizes:
             rows: dict[str, list[tuple[float, float]]] = {"pycni": [], "bird": []}
             WRITE_COST.clear()
@@ -223,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 "runs": len(rows["pycni"]),
                 "etcd_write_s": round(statistics.median(WRITE_COST), 4),
                 "ratio_announce_after_write": round(
-                    max(med["pycni"][0] - statistics.median(WRITE_COST), 0.0) / med["bird"][0], 2),
+                    max(med["pycni"][0] - statistics.median(WRITE_COST), 0.0) / med["bird"][0], 2
+                ),
             }
     finally:
         if not args.keep:
@@ -236,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         for n, r in results.items():
             up = f"{n:>7} {r['pycni_announce_s']:>8.3f}s {r['bird_announce_s']:>8.3f}s"
             down = f"{r['pycni_withdraw_s']:>13.3f}s {r['bird_withdraw_s']:>8.3f}s"
-            print(f"{up} {r['ratio_announce']:>6.2f} | {down} {r['ratio_withdraw']:>6.2f}"
-                  f"   (etcd write inside pycni's figure: {r['etcd_write_s']:.3f}s;"
-                  f" announce ratio after the write: {r['ratio_announce_after_write']:.2f})")
+            print(
+                f"{up} {r['ratio_announce']:>6.2f} | {down} {r['ratio_withdraw']:>6.2f}"
+                f"   (etcd write inside pycni's figure: {r['etcd_write_s']:.3f}s;"
+                f" announce ratio after the write: {r['ratio_announce_after_write']:.2f})"
+            )
     return 0
 
 
