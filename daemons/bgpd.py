@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="exabgp.conf, sockets, exabgp.log (default /run/pycni/bgpd/<node>[@netns-<inode>])")
     p.add_argument("--status-socket", default="", help="status socket (default <run-dir>/status.sock)")
     p.add_argument("--iface", default="", help="underlay device (default: ask the kernel per next hop)")
-    p.add_argument("--exabgp", default="", help="exabgp binary (default: the venv's, else PATH)")
+    p.add_argument("--exabgp", default="", help="exabgp binary (default: exabgp_launch.py)")
     p.add_argument("--exabgp-user", default="nobody", help="user exabgp runs as (it only needs port 179)")
     p.add_argument("--exabgp-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra exabgp environment, e.g. exabgp.reactor.speed=0.2 (repeatable)")
