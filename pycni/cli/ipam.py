@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from typing import IO, cast
+from typing import TextIO, cast
 
 from rich import box
 from rich.console import Console
@@ -83,7 +83,7 @@ def _run(fn: Callable[[argparse.Namespace, Datastore], int]) -> Callable[[argpar
 
         # stdout is for tables; the library's log lines go to stderr, and only with -v below WARNING.
         configure(level="info" if getattr(args, "verbose", False) else "warning", json=False,
-                  stream=cast(IO[str], _Stderr()))
+                  stream=cast(TextIO, _Stderr()))
         try:
             ds = open_datastore(args)
         except PycniError as e:

@@ -113,6 +113,9 @@ class CalicoMode:
         self.vxlan = vxlan
         self.bgp = bgp
         self.crosssubnet = crosssubnet
+        # CrossSubnet needs two segments to show anything; on this kernel (no ipip) the demo uses
+        # the VXLAN flavour, the IPIP one runs in the UML lane's tests.
+        self.demo_shape: dict[str, object] = {"segments": 2, "encap": "vxlan"} if crosssubnet else {}
 
     # -- per-lab choices ---------------------------------------------------------------------
     def _encaps(self, lab: Lab) -> tuple[str, str]:

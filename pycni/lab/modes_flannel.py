@@ -76,6 +76,8 @@ class FlannelMode:
     def __init__(self, name: str, backend: dict[str, Any]) -> None:
         self.name = name
         self.backend = backend
+        # DirectRouting only shows its point across two L2 segments: direct inside, vxlan across.
+        self.demo_shape: dict[str, Any] = {"segments": 2} if backend.get("DirectRouting") else {}
 
     # -- helpers ---------------------------------------------------------------------------
     def net_conf(self) -> dict[str, Any]:
