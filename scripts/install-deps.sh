@@ -20,6 +20,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# Names for our route protocol numbers, so `ip route` prints "proto pycni-felix" (not "proto 80").
+if [ -d /etc/iproute2 ] && ! cmp -s deploy/rt_protos.d/pycni.conf /etc/iproute2/rt_protos.d/pycni.conf; then
+  install -D -m 0644 deploy/rt_protos.d/pycni.conf /etc/iproute2/rt_protos.d/pycni.conf
+fi
+
 VENV=${PYCNI_VENV:-.venv}
 PY=${PYTHON:-python3}
 if [ ! -x "$VENV/bin/python" ]; then
