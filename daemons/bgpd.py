@@ -32,13 +32,17 @@ from pycni.bgp.speaker import Speaker
 from pycni.bgp.status import StatusServer, peer_row
 from pycni.calc.bgp import DATASTORE_PREFIXES, BgpContext, BgpSpec, PeerSession, calc
 from pycni.constants import RTPROT_BGPD
+from pycni.datastore import factory
+from pycni.errors import Invalid
 
 log = structlog.get_logger("pycni.bgpd")
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pycni-bgpd",
                                 description="BGP speaker for Calico-style pod networks (exabgp)")
-    p.add_argument("--etcd-endpoints", default=os.environ.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
+    p.add_argument("--etcd-endpoints",
+                   default=os.environ.get("ETCD_ENDPOINTS", factory.DEFAULT_ETCD_ENDPOINTS))
+    factory.add_arguments(p)
     p.add_argument("--nodename", default=os.environ.get("NODENAME") or socket.gethostname())
     p.add_argument("--run-dir", default="",
                    help="exabgp.conf, sockets, exabgp.log (default /run/pycni/bgpd/<node>[@netns-<inode>])")
@@ -94,8 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     pycni_log.configure(level=args.log_level)
     from pycni.dataplane.pyroute2_netlink import Pyroute2Netlink
-    from pycni.datastore.etcd import EtcdDatastore
 
+    try:
+        ds = factory.open_from_args(args)
+    except Invalid as e:
+        log.critical("bad configuration", error=str(e), field=e.field)
+        print(f"pycni-bgpd: {e}", file=sys.stderr)
+        return 2
     nodename = args.nodename
     run_dir = args.run_dir or default_run_dir(nodename)
     os.makedirs(run_dir, mode=0o755, exist_ok=True)
@@ -189,7 +198,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    ds = EtcdDatastore(args.etcd_endpoints)
     speaker.start()
     run_source(ds.sync, DATASTORE_PREFIXES, agent.emitter("datastore"), stop, name="datastore")
 

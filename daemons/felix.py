@@ -1,7 +1,8 @@
 """pycni-felix entry point: flags, logging, exit code. The work is `pycni.calico.felix.run`.
 
-Flags follow the lab's conventions (`--etcd-endpoints`, `--nodename`); calico-node's environment
-(NODENAME, IP, AS, CALICO_IPV4POOL_*, FELIX_*) is honoured too, flags winning. Exit codes: 0 on a
+Flags follow the lab's conventions (`--etcd-endpoints`, `--nodename`, `--datastore-type`,
+`--kubeconfig`); calico-node's environment (DATASTORE_TYPE, KUBECONFIG, NODENAME, IP, AS,
+CALICO_IPV4POOL_*, FELIX_*) is honoured too, flags winning. Exit codes: 0 on a
 clean stop, 1 on a lost datastore at start, 2 on bad configuration (one line naming the field).
 """
 
@@ -12,6 +13,7 @@ import os
 import sys
 
 from pycni import log as pycni_log
+from pycni.datastore import factory
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,7 +21,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="pycni-felix", description="felix-like route agent and calico-node start-up"
     )
-    p.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS", "http://127.0.0.1:2379"))
+    p.add_argument("--etcd-endpoints", default=env.get("ETCD_ENDPOINTS", factory.DEFAULT_ETCD_ENDPOINTS))
+    factory.add_arguments(p, env=env)
     p.add_argument("--nodename", default=env.get("NODENAME") or env.get("HOSTNAME") or os.uname().nodename)
     p.add_argument(
         "--ip",
@@ -62,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = FelixOptions(
         nodename=args.nodename,
         etcd_endpoints=args.etcd_endpoints,
+        datastore_type=args.datastore_type,
+        kubeconfig=args.kubeconfig,
         ip=args.ip,
         startup_only=args.startup,
         cni_socket=args.cni_socket,

@@ -15,6 +15,7 @@ import threading
 import structlog
 
 from pycni import log as pycni_log
+from pycni.datastore import factory
 from pycni.datastore.flannel import DEFAULT_PREFIX
 from pycni.errors import Invalid, PycniError
 
@@ -39,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pycni-flanneld", description="flannel-compatible subnet lease manager")
     p.add_argument("--etcd-endpoints", default=_env("etcd-endpoints", "http://127.0.0.1:4001,http://127.0.0.1:2379"))
     p.add_argument("--etcd-prefix", default=_env("etcd-prefix", DEFAULT_PREFIX))
+    factory.add_arguments(p, type_env=("FLANNELD_DATASTORE_TYPE", "DATASTORE_TYPE"),
+                          kubeconfig_env=("FLANNELD_KUBECONFIG_FILE", "KUBECONFIG"),
+                          kubeconfig_flags=("--kubeconfig-file", "--kubeconfig"))
     p.add_argument("--iface", action="append", default=None,
                    help="interface (name or IP) to use for inter-host traffic (repeatable)")
     p.add_argument("--iface-regex", default=_env("iface-regex", ""),
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
 
     iface = args.iface if args.iface is not None else [s for s in _env("iface", "").split(",") if s]
     opts = Options(
-        etcd_endpoints=args.etcd_endpoints, etcd_prefix=args.etcd_prefix, iface=iface,
+        etcd_endpoints=args.etcd_endpoints, etcd_prefix=args.etcd_prefix,
+        datastore_type=args.datastore_type, kubeconfig=args.kubeconfig, iface=iface,
         iface_regex=args.iface_regex, iface_can_reach=args.iface_can_reach,
         public_ip=args.public_ip, ip_masq=args.ip_masq,
         ip_masq_random_fully=not args.ip_masq_fully_random_disable,

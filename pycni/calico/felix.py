@@ -51,6 +51,8 @@ DEFAULT_MTU_FILE = "/var/lib/calico/mtu"
 class FelixOptions:
     nodename: str
     etcd_endpoints: str
+    datastore_type: str = "etcdv3"  # or "kubernetes" (Calico's DATASTORE_TYPE)
+    kubeconfig: str | None = None  # kubernetes: None = $KUBECONFIG, else the service account
     ip: str | None = None  # "10.99.0.11/24", "autodetect", or None (env IP)
     startup_only: bool = False
     cni_socket: str | None = None
@@ -257,7 +259,7 @@ def run(opts: FelixOptions) -> int:
     """The daemon. Returns the exit code (2: bad configuration)."""
     from pycni.agent import run_source
     from pycni.dataplane.pyroute2_netlink import Pyroute2Netlink
-    from pycni.datastore.etcd import EtcdDatastore
+    from pycni.datastore.factory import open_datastore
 
     env = opts.env
     try:
@@ -265,8 +267,13 @@ def run(opts: FelixOptions) -> int:
     except Invalid as e:
         log.critical("bad configuration", error=str(e), field=e.field)
         return 2
+    try:
+        ds = open_datastore(opts.datastore_type, etcd_endpoints=opts.etcd_endpoints,
+                            kubeconfig=opts.kubeconfig, field="DATASTORE_TYPE")
+    except Invalid as e:
+        log.critical("bad configuration", error=str(e), field=e.field)
+        return 2
     nl = Pyroute2Netlink()
-    ds = EtcdDatastore(opts.etcd_endpoints)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

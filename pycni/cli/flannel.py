@@ -6,10 +6,10 @@
     pycnictl flannel-config show | set FILE|-          read or write (validated) net-conf.json
 
 Everything is read and written in flannel's layout (`<prefix>/subnets/10.244.1.0-24`,
-`<prefix>/config`), so `etcdctl` and a real flanneld see the same thing. The datastore is etcd at
-`--etcd-endpoints` (default `$ETCD_ENDPOINTS`, else http://127.0.0.1:2379) under `--etcd-prefix`;
-tests inject another datastore with `pycni.cli.ipam.set_datastore_factory`. Operator errors print
-one line and exit 2.
+`<prefix>/config`), so `etcdctl` and a real flanneld see the same thing. The datastore is chosen as
+for `pycnictl ipam` (`--datastore-type`, `--etcd-endpoints`, `--kubeconfig`), keys under
+`--etcd-prefix`; tests inject another datastore with `pycni.cli.ipam.set_datastore_factory`.
+Operator errors print one line and exit 2.
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ import argparse
 import ipaddress
 import json
 import sys
-from collections.abc import Callable
 
 from rich import box
 from rich.table import Table
 
-from pycni.cli.ipam import _console, _err, open_datastore
+from pycni.cli.ipam import _console, _err, _run, add_datastore_arguments
 from pycni.datastore import Datastore
 from pycni.datastore.flannel import (
     DEFAULT_PREFIX,
@@ -34,25 +33,7 @@ from pycni.datastore.flannel import (
     subnet_key,
     subnets_prefix,
 )
-from pycni.errors import AlreadyExists, Invalid, PycniError
-
-
-def _run(fn: Callable[[argparse.Namespace, Datastore], int]) -> Callable[[argparse.Namespace], int]:
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            ds = open_datastore(args)
-        except PycniError as e:
-            _err(str(e))
-            return 2
-        try:
-            return fn(args, ds)
-        except PycniError as e:
-            _err(str(e))
-            return 2
-        finally:
-            ds.close()
-
-    return wrapped
+from pycni.errors import AlreadyExists, Invalid
 
 
 def _subnet(s: str) -> ipaddress.IPv4Network:
@@ -137,7 +118,7 @@ def cmd_config_set(args: argparse.Namespace, ds: Datastore) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--etcd-endpoints", default=None)
+    add_datastore_arguments(common)
     common.add_argument("--etcd-prefix", default=DEFAULT_PREFIX)
 
     lease = subparsers.add_parser("lease", help="flannel subnet leases")

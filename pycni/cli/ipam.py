@@ -10,8 +10,10 @@
 
 The tables copy calicoctl's (`GROUPING | CIDR | IPS TOTAL | IPS IN USE | IPS FREE`), and everything
 is read and written in Calico's own etcd layout, so the two tools can be used side by side. The
-datastore is etcd at `--etcd-endpoints` (default `$ETCD_ENDPOINTS`, else http://127.0.0.1:2379);
-tests inject another one with `set_datastore_factory`. An error the operator can fix prints one line
+datastore is `--datastore-type` (default `$DATASTORE_TYPE`, else etcdv3): etcd at `--etcd-endpoints`
+(default `$ETCD_ENDPOINTS`, else http://127.0.0.1:2379), or the Kubernetes API through
+`--kubeconfig` (default `$KUBECONFIG`, else the pod's service account); tests inject another one
+with `set_datastore_factory`. An error the operator can fix prints one line
 and exits 2; releasing an address that was not assigned exits 1.
 """
 
@@ -30,7 +32,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from pycni.datastore import Datastore, calico
+from pycni.datastore import Datastore, calico, factory
 from pycni.errors import AlreadyExists, Invalid, NotFound, PycniError
 from pycni.ipam.allocator import BlockAllocator, read_pools
 from pycni.ipam.keys import IPAMConfig
@@ -49,12 +51,24 @@ def set_datastore_factory(factory: DatastoreFactory | None) -> None:
 
 
 def open_datastore(args: argparse.Namespace) -> Datastore:
+    """The datastore `--datastore-type`, `--etcd-endpoints` and `--kubeconfig` name."""
     if _factory is not None:
         return _factory(args)
-    from pycni.datastore.etcd import EtcdDatastore  # imported lazily: grpc is slow to load
-
     endpoints = getattr(args, "etcd_endpoints", None) or os.environ.get("ETCD_ENDPOINTS") or DEFAULT_ENDPOINTS
-    return EtcdDatastore(endpoints)
+    return factory.open_datastore(
+        getattr(args, "datastore_type", None) or factory.ETCDV3,
+        etcd_endpoints=endpoints,
+        kubeconfig=getattr(args, "kubeconfig", None),
+        field="--datastore-type",
+    )
+
+
+def add_datastore_arguments(p: argparse.ArgumentParser) -> None:
+    """`--datastore-type`, `--etcd-endpoints`, `--kubeconfig` (every datastore command has them)."""
+    factory.add_arguments(p)
+    p.add_argument("--etcd-endpoints", default=None,
+                   help="etcd client URLs, comma separated (default: $ETCD_ENDPOINTS or "
+                        f"{DEFAULT_ENDPOINTS})")  # fmt: skip
 
 
 def _console() -> Console:
@@ -263,9 +277,7 @@ def cmd_pool_delete(args: argparse.Namespace, ds: Datastore) -> int:
 # -- wiring -------------------------------------------------------------------------------------
 def _common() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--etcd-endpoints", default=None,
-                        help="etcd client URLs, comma separated (default: $ETCD_ENDPOINTS or "
-                             f"{DEFAULT_ENDPOINTS})")
+    add_datastore_arguments(common)
     common.add_argument("-v", "--verbose", action="store_true", help="log datastore changes to stderr")
     return common
 

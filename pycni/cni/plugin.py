@@ -37,6 +37,7 @@ from pycni.cni.log import get_logger
 from pycni.cni.rtnl import Rtnl
 from pycni.cni.spec import CmdArgs, CniError
 from pycni.dataplane.netlink import NetlinkError
+from pycni.datastore.factory import ETCDV3, check_kind, open_datastore
 from pycni.errors import Invalid, NotFound, PycniError, Transient
 from pycni.ipam import host_local
 
@@ -59,8 +60,9 @@ class NetConf:
     raw: dict[str, Any]
     # calico
     nodename: str = ""
-    datastore_type: str = "etcdv3"
+    datastore_type: str = "etcdv3"  # Calico's: "etcdv3" | "kubernetes" | "none" (no felix: tests)
     etcd_endpoints: str = ""
+    kubeconfig: str = ""  # Calico's "kubernetes": {"kubeconfig": ...}; "" = $KUBECONFIG / in-cluster
     # flannel
     subnet_file: str = DEFAULT_SUBNET_FILE
     bridge: str = "cni0"
@@ -104,6 +106,9 @@ def parse_conf(conf: dict[str, Any]) -> NetConf:
         raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "delegate must be an object")
     opts = {**conf, **delegate}
     data_dir = conf.get("dataDir")
+    kube = conf.get("kubernetes") or {}
+    if not isinstance(kube, dict):
+        raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "kubernetes must be an object")
     if not mtu and isinstance(delegate.get("mtu"), int):
         mtu = delegate["mtu"]
     if not mtu and mode == "calico":
@@ -125,6 +130,7 @@ def parse_conf(conf: dict[str, Any]) -> NetConf:
         nodename=str(nodename or os.environ.get("NODENAME") or socket.gethostname()),
         datastore_type=str(conf.get("datastore_type", "etcdv3")),
         etcd_endpoints=str(conf.get("etcd_endpoints", "")),
+        kubeconfig=str(kube.get("kubeconfig") or ""),
         subnet_file=str(conf.get("subnetFile") or DEFAULT_SUBNET_FILE),
         bridge=str(opts.get("bridge") or "cni0"),
         hairpin=_bool(opts, "hairpinMode", True),
@@ -135,12 +141,15 @@ def parse_conf(conf: dict[str, Any]) -> NetConf:
             or (os.path.join(data_dir, "networks") if data_dir else host_local.DEFAULT_DATA_DIR)
         ),
     )
-    if nc.datastore_type not in ("etcdv3", "none"):
-        raise CniError(
-            spec.ERR_INVALID_NETWORK_CONFIG,
-            f"unsupported datastore_type {nc.datastore_type!r}",
-            "pycni speaks etcdv3 (or 'none' for tests without felix)",
-        )
+    if nc.datastore_type != "none":
+        try:
+            check_kind(nc.datastore_type)
+        except Invalid as e:
+            raise CniError(
+                spec.ERR_INVALID_NETWORK_CONFIG,
+                f"unsupported datastore_type {nc.datastore_type!r}",
+                f"{e} (or 'none' for tests without felix)",
+            ) from None
     va = conf.get("cni.dev/valid-attachments", conf.get("cni.dev/attachments"))
     if va is not None:
         if not isinstance(va, list):
@@ -347,19 +356,23 @@ class CniPlugin:
             return self._ds_factory()
         if nc.datastore_type == "none":
             return None
-        if not nc.etcd_endpoints:
+        if nc.datastore_type == ETCDV3 and not nc.etcd_endpoints:
             raise CniError(
                 spec.ERR_INVALID_NETWORK_CONFIG,
                 "calico mode needs etcd_endpoints",
-                "set etcd_endpoints, or datastore_type 'none' to run without felix",
+                "set etcd_endpoints, datastore_type 'kubernetes', or 'none' to run without felix",
             )
+        where = nc.etcd_endpoints if nc.datastore_type == ETCDV3 else nc.kubeconfig
         with self._lock:
-            ds = self._datastores.get(nc.etcd_endpoints)
+            ds = self._datastores.get(f"{nc.datastore_type}:{where}")
             if ds is None:
-                from pycni.datastore.etcd import EtcdDatastore
-
-                ds = EtcdDatastore(nc.etcd_endpoints, timeout=5.0)
-                self._datastores[nc.etcd_endpoints] = ds
+                try:
+                    ds = open_datastore(nc.datastore_type, etcd_endpoints=nc.etcd_endpoints,
+                                        kubeconfig=nc.kubeconfig or None, timeout=5.0)
+                except Invalid as e:
+                    raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "bad datastore configuration",
+                                   str(e)) from None
+                self._datastores[f"{nc.datastore_type}:{where}"] = ds
         return ds
 
     def _ipam(self, nc: NetConf, fenv: FlannelEnv | None) -> PodIpam:

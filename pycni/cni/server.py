@@ -190,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m pycni.cni.server", description="standalone pycni CNI agent")
     p.add_argument("--socket", required=True, help="unix socket path (the config's agentSocket)")
     p.add_argument("--etcd-endpoints", default="", help="datastore for every request (else from each config)")
+    p.add_argument("--datastore-type", default="", help="etcdv3 or kubernetes: one datastore for every "
+                   "request (default: etcdv3 when --etcd-endpoints is given, else from each config)")
+    p.add_argument("--kubeconfig", default=None, help="for --datastore-type kubernetes (default $KUBECONFIG, "
+                   "else the pod's service account)")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--log-level", default="info")
     ns = p.parse_args(argv)
@@ -197,10 +201,15 @@ def main(argv: list[str] | None = None) -> None:
 
     pylog.configure(level=ns.log_level)
     factory = None
-    if ns.etcd_endpoints:
-        from pycni.datastore.etcd import EtcdDatastore
+    if ns.etcd_endpoints or ns.datastore_type:
+        from pycni.datastore.factory import open_datastore
+        from pycni.errors import Invalid
 
-        ds = EtcdDatastore(ns.etcd_endpoints)
+        try:
+            ds = open_datastore(ns.datastore_type or "etcdv3", etcd_endpoints=ns.etcd_endpoints,
+                                kubeconfig=ns.kubeconfig, field="--datastore-type")
+        except Invalid as e:
+            p.error(str(e))
 
         def factory() -> Any:
             return ds

@@ -85,3 +85,9 @@ class Datastore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# The factory (below the protocol it returns; it imports no client until one is asked for).
+from pycni.datastore.factory import open_datastore  # noqa: E402
+
+__all__ = ["Datastore", "Emit", "Event", "SyncStatus", "Update", "Versioned", "open_datastore"]

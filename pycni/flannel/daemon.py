@@ -70,6 +70,8 @@ class Options:
 
     etcd_endpoints: str = "http://127.0.0.1:4001,http://127.0.0.1:2379"
     etcd_prefix: str = DEFAULT_PREFIX
+    datastore_type: str = "etcdv3"  # or "kubernetes" (pycni's KubeDatastore, not --kube-subnet-mgr)
+    kubeconfig: str | None = None  # kubernetes: None = $KUBECONFIG, else the service account
     iface: list[str] = field(default_factory=list)
     iface_regex: str = ""
     iface_can_reach: str = ""
@@ -388,9 +390,10 @@ def run(opts: Options, stop: threading.Event) -> int:
     """The daemon's life: setup, threads, agent loop until `stop` (or a lost lease); exit code."""
     from pycni.agent import run_source
     from pycni.dataplane.pyroute2_netlink import Pyroute2Netlink
-    from pycni.datastore.etcd import EtcdDatastore
+    from pycni.datastore.factory import open_datastore
 
-    ds = EtcdDatastore(opts.etcd_endpoints)
+    ds = open_datastore(opts.datastore_type, etcd_endpoints=opts.etcd_endpoints,
+                        kubeconfig=opts.kubeconfig, field="--datastore-type")
     nl = Pyroute2Netlink()
     d = Flanneld(opts, ds, nl)
     d.stop = stop
