@@ -23,7 +23,8 @@ from dataclasses import replace
 
 import structlog
 
-from pycni.bgp.exabgp_conf import SpeakerSettings, render, write_atomic
+from pycni.atomic import write_atomic
+from pycni.bgp.exabgp_conf import SpeakerSettings, render
 from pycni.bgp.exabgp_process import ExaBgp
 from pycni.calc.bgp import BgpSpec
 from pycni.cni.rtnl import Rtnl
@@ -69,7 +70,7 @@ class ExaBgpConfig:
             return True
         changed = False
         if self._written != self._text:
-            changed = write_atomic(self.exa.conf_path, self._text, 0o600)
+            changed = write_atomic(self.exa.conf_path, self._text, mode=0o600)
             self.exa.chown(self.exa.conf_path, 0o600)
             self._written = self._text
         if self.exa.proc is None or self.exa.bind != self._bind:

@@ -1,4 +1,4 @@
-"""Render exabgp.conf from the peer set, deterministically, and write it atomically.
+"""Render exabgp.conf from the peer set, deterministically (written atomically by `pycni.atomic`).
 
 One `template` holds what every session shares (our router id and address, the API process, the
 families, graceful restart, `manual-eor`), and one `neighbor` block per peer `inherit`s it and adds
@@ -20,8 +20,6 @@ Why these settings:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -81,27 +79,3 @@ def render(settings: SpeakerSettings, peers: Sequence[BgpPeer]) -> str:
             body.append(f"connect {p.port};")
         lines.append(f"neighbor {p.address} {{ {' '.join(body)} }}")
     return "\n".join(lines) + "\n"
-
-
-def write_atomic(path: str, text: str, mode: int = 0o644) -> bool:
-    """Write `text` to `path` via a rename; returns False when the file already holds exactly it."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return False
-    except FileNotFoundError:
-        pass
-    d = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".exabgp.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return True

@@ -37,6 +37,7 @@ from typing import Any
 import structlog
 
 from pycni.agent import Agent, Binding
+from pycni.atomic import write_atomic
 from pycni.calc.felix import SYNC_PREFIXES, FelixConfig, FelixSpec, calc_felix
 from pycni.calico import startup
 from pycni.datastore import Datastore
@@ -138,24 +139,13 @@ class MtuFileDriver:
     def apply(self) -> bool:
         if not self._dirty or self._want is None:
             return True
-        text = f"{self._want}\n"
         try:
-            with open(self.path) as f:
-                if f.read() == text:
-                    self._dirty = False
-                    return True
-        except OSError:
-            pass
-        try:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-            tmp = self.path + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.replace(tmp, self.path)
+            written = write_atomic(self.path, f"{self._want}\n")
         except OSError as e:
             log.warning("mtu file not written", path=self.path, error=str(e))
             return False
-        log.info("mtu file written", path=self.path, mtu=self._want)
+        if written:
+            log.info("mtu file written", path=self.path, mtu=self._want)
         self._dirty = False
         return True
 

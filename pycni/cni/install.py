@@ -21,6 +21,8 @@ import sys
 import sysconfig
 from pathlib import Path
 
+from pycni.atomic import write_atomic
+
 FRONT_SOURCE = Path(__file__).with_name("front.py")
 FAST_PYTHONS = ("/usr/bin/python3",)
 
@@ -99,12 +101,9 @@ def install_plugin(
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / name
-    tmp = dest_dir / f".{name}.tmp.{os.getpid()}"
     source = render(default_socket=default_socket)
     text = precompiled(source, str(dest), fast_python()) if precompile else None
-    tmp.write_text(text or source)
-    os.chmod(tmp, 0o755)
-    os.replace(tmp, dest)
+    write_atomic(dest, text or source, mode=0o755, if_changed=False)
     return dest
 
 

@@ -2,17 +2,16 @@
 
 flannel's WriteSubnetFile writes NETWORK, SUBNET (the lease's first usable address with the lease's
 prefix length, `10.244.1.1/24`), [IPV6_*], MTU, IPMASQ, through renameio so a reader never sees a
-half-written file. We do the same with a temp file in the same directory, fsync and `os.replace`.
+half-written file. We do the same (`pycni.atomic.write_atomic`: temp file, fsync, `os.replace`).
 The file is rewritten only when its content changes (the CNI plugin may be reading it).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 from dataclasses import dataclass
 
+from pycni.atomic import write_atomic
 from pycni.errors import Invalid
 
 
@@ -33,30 +32,7 @@ class SubnetEnv:
 
 def write(path: str, env: SubnetEnv) -> bool:
     """Write atomically; returns False when the file already held exactly this content."""
-    text = env.render()
-    try:
-        with open(path) as f:
-            if f.read() == text:
-                return False
-    except OSError:
-        pass
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".subnet.env.", dir=d)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return True
+    return write_atomic(path, env.render(), mode=0o644)
 
 
 def read(path: str) -> dict[str, str]:

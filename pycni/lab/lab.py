@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 import pycni
+from pycni.atomic import write_atomic
 from pycni.errors import Invalid, PycniError
 from pycni.lab import modes as modes_mod
 from pycni.lab import plan
@@ -397,9 +398,7 @@ class Lab:
     def _start_node(self, n: LabNode) -> None:
         conf = self.mode.cni_config(self, n)
         path = os.path.join(n.dir, "etc/cni/net.d", f"10-{self.mode_name}.conflist")
-        with open(path + ".tmp", "w") as f:
-            json.dump(conf, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_atomic(path, json.dumps(conf, indent=2), if_changed=False)
         self.mode.node_start(self, n)
         with self._rf.mutate() as rec:
             rec["nodes"][n.name]["state"] = "up"

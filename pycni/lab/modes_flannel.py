@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from pycni.atomic import write_atomic
 from pycni.datastore.flannel import config_key, subnet_key
 from pycni.errors import Invalid
 from pycni.flannel import subnet_env
@@ -206,9 +207,7 @@ class FlannelMode:
             time.sleep(0.1)
         if self._plugin(lab) != "pycni":
             path = os.path.join(node.dir, "etc/cni/net.d", f"10-{self.name}.conflist")
-            with open(path + ".tmp", "w") as f:
-                json.dump(self._bridge_conf(node), f, indent=2)
-            os.replace(path + ".tmp", path)
+            write_atomic(path, json.dumps(self._bridge_conf(node), indent=2), if_changed=False)
 
 
 modes.register("flannel-host-gw", lambda: FlannelMode("flannel-host-gw", {"Type": "host-gw"}))

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from pycni.atomic import write_atomic
 from pycni.errors import Invalid
 
 RECORD_VERSION = 1
@@ -76,13 +77,7 @@ class RecordFile:
         return validate(data, self.path)
 
     def save(self, rec: dict[str, Any]) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        tmp = f"{self.path}.tmp.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(rec, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(rec, indent=1, sort_keys=True), if_changed=False)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

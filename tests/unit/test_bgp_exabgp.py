@@ -7,8 +7,9 @@ import os
 
 import pytest
 
+from pycni.atomic import write_atomic
 from pycni.bgp import exabgp_api as api
-from pycni.bgp.exabgp_conf import SpeakerSettings, render, write_atomic
+from pycni.bgp.exabgp_conf import SpeakerSettings, render
 from pycni.bgp.status import format_status, peer_row
 from pycni.calc.bgp import KIND_GLOBAL, KIND_MESH, BgpPeer
 from pycni.errors import Invalid
