@@ -12,16 +12,15 @@ IPIP across, counted on the wire too.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from lab_helpers import blocks_of, felix_routes, ipj, node_res, pod_ip
+from lab_helpers import up_with_pods as _up_with_pods
 
-from pycni.datastore import calico as c
 from pycni.lab import Lab
 
 pytestmark = [pytest.mark.uml, pytest.mark.lab, pytest.mark.privileged, pytest.mark.etcd]
@@ -29,56 +28,9 @@ pytestmark = [pytest.mark.uml, pytest.mark.lab, pytest.mark.privileged, pytest.m
 NAME = "pyt-cal"
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab(NAME)
-    lab.down()
-    try:
-        yield lab
-    finally:
-        lab.down()
-
-
-def ipj(lab: Lab, node: str, *argv: str) -> list[dict[str, Any]]:
-    cp = lab.exec(node, list(argv), check=False)
-    return json.loads(cp.stdout or "[]")
-
-
-def felix_routes(lab: Lab, node: str) -> dict[str, dict[str, Any]]:
-    return {r["dst"]: r for r in ipj(lab, node, "ip", "-j", "route", "show", "proto", "80")}
-
-
-def node_res(lab: Lab, name: str) -> c.Node:
-    key = c.resource_key(c.Node, name)
-    v = lab.etcd_get(key)
-    assert v is not None, f"no Node {name}"
-    n = c.decode(key, v, c.Node)
-    assert isinstance(n, c.Node)
-    return n
-
-
-def blocks_of(lab: Lab, node: str) -> list[str]:
-    out = []
-    for key in lab.etcd_get_prefix(f"/calico/ipam/v2/host/{node}/ipv4/block/"):
-        addr, _, plen = key.rsplit("/", 1)[1].rpartition("-")
-        out.append(f"{addr}/{plen}")
-    return sorted(out)
-
-
-def pod_ip(lab: Lab, node: str, pod: str) -> str:
-    for p in lab.pods:
-        if p.node == node and p.name == pod:
-            return str(p.ip)
-    raise AssertionError(f"no pod {node}/{pod}")
-
-
 def up_with_pods(lab: Lab, mode: str, segments: int = 1, **opts: Any) -> None:
-    lab.up(nodes=3, segments=segments, mode=mode, wait_timeout=240, resync=2, **opts)
-    for n in lab.nodes:
-        for p in ("a", "b"):
-            lab.pod_add(n, p)
-    m = lab.ping_matrix()
-    assert lab.matrix_ok(m), json.dumps(m, indent=1)
+    # UML is slow: a Python process starts in seconds there.
+    _up_with_pods(lab, mode, segments, wait_timeout=240, resync=2, **opts)
 
 
 def count_ipip(lab: Lab, node: str, src: str, dst_ip: str, n: int = 20) -> int:

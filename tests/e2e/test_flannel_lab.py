@@ -13,10 +13,9 @@ import ipaddress
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
+from lab_helpers import flannel_routes, ipj, up_with_pods, wait_for
 
 from pycni.datastore.flannel import subnet_key
 from pycni.flannel import subnet_env
@@ -28,53 +27,14 @@ pytestmark = [pytest.mark.lab, pytest.mark.privileged, pytest.mark.etcd]
 NAME = "pyt-fl"
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab(NAME)
-    lab.down()
-    try:
-        yield lab
-    finally:
-        lab.down()
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
 def _net(s: str) -> ipaddress.IPv4Network:
     return ipaddress.IPv4Network(s)
-
-
-def ipj(lab: Lab, node: str, *argv: str) -> list[dict[str, Any]]:
-    cp = lab.exec(node, list(argv), check=False)
-    return json.loads(cp.stdout or "[]")
-
-
-def flannel_routes(lab: Lab, node: str) -> dict[str, dict[str, Any]]:
-    return {r["dst"]: r for r in ipj(lab, node, "ip", "-j", "route", "show", "proto", "82")}
 
 
 def subnet_of(lab: Lab, node: str) -> str:
     sn = subnet_env.previous_subnet(FlannelMode.subnet_file(lab.node(node)))
     assert sn is not None
     return str(sn)
-
-
-def up_with_pods(lab: Lab, mode: str, segments: int = 1, **opts: Any) -> None:
-    lab.up(nodes=3, segments=segments, mode=mode, wait_timeout=30, resync=1, **opts)
-    for n in lab.nodes:
-        for p in ("a", "b"):
-            lab.pod_add(n, p)
-    m = lab.ping_matrix()
-    assert lab.matrix_ok(m), json.dumps(m, indent=1)
 
 
 def test_host_gw(lab: Lab) -> None:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -45,16 +44,6 @@ def assert_gone(pids: list[int]) -> None:
     assert not os.path.exists(plan.lab_dir(NAME))
     alive = [p for p in pids if proc_alive(p)]
     assert alive == [], f"lab processes still alive: {alive}"
-
-
-@pytest.fixture
-def lab() -> Iterator[Lab]:
-    lab = Lab(NAME)
-    lab.down()
-    try:
-        yield lab
-    finally:
-        lab.down()
 
 
 def test_three_nodes_bridge_pods_ping_then_down(lab: Lab) -> None:
