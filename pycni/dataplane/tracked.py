@@ -13,13 +13,17 @@ A driver is a `DeltaTracker` plus four small hooks: `_dump` (what the kernel hol
    first time an entry fails with a given errno, DEBUG while it keeps failing the same way.
 
 `apply()` returns True when nothing is left pending, so the Agent can back off and retry.
+
+`DeviceTable` adds ownership by device for the entries that live on a device (neighbours, FDB
+entries): every entry on an owned device is ours, devices are dumped one by one (one that does not
+exist holds nothing of ours yet), and an entry whose device is missing waits without an error.
 """
 
 from __future__ import annotations
 
 import errno
-from collections.abc import Hashable
-from typing import Any, Generic, TypeVar
+from collections.abc import Hashable, Iterable, Iterator
+from typing import Any, Generic, Protocol, TypeVar
 
 import structlog
 
@@ -149,3 +153,61 @@ class TrackedDriver(Generic[K, V]):
 
     def _summary_fields(self) -> dict[str, Any]:
         return {}
+
+
+class OnDevice(Protocol):
+    """An entry that lives on one network device (a neighbour, an FDB entry)."""
+
+    @property
+    def ifname(self) -> str: ...
+
+    @property
+    def key(self) -> Any: ...
+
+
+DV = TypeVar("DV", bound=OnDevice)
+
+
+class DeviceTable(TrackedDriver[K, DV]):
+    """A `TrackedDriver` owning every entry on its devices (`ifnames`); see the module docstring."""
+
+    def __init__(self, nl: Netlink, ifnames: Iterable[str], *, name: str) -> None:
+        super().__init__(nl, name)
+        self.ifnames: frozenset[str] = frozenset(ifnames)
+        self._links: set[str] = set()
+
+    def set_devices(self, ifnames: Iterable[str]) -> None:
+        """Change the owned devices (no I/O); a resync re-reads them."""
+        new = frozenset(ifnames)
+        if new != self.ifnames:
+            self.ifnames = new
+            self.queue_resync()
+
+    def _owned(self, entries: Iterable[DV]) -> Iterator[DV]:
+        """The desired entries on owned devices; the others are logged and dropped."""
+        for e in entries:
+            if e.ifname in self.ifnames:
+                yield e
+            else:
+                self._log.warning(f"{self.kind} on a device we do not own ignored", **self._fields(e.key, e))
+
+    def _dump_device(self, dev: str) -> dict[K, DV]:
+        """Our entries on one device (raises NetlinkError ENODEV when it does not exist)."""
+        raise NotImplementedError
+
+    def _dump(self) -> dict[K, DV]:
+        out: dict[K, DV] = {}
+        for dev in sorted(self.ifnames):
+            try:
+                out.update(self._dump_device(dev))
+            except NetlinkError as e:
+                if e.errno == errno.ENODEV:  # nothing of ours there yet
+                    continue
+                raise
+        return out
+
+    def _begin_apply(self, deletions: list[tuple[K, DV]], updates: list[tuple[K, DV]]) -> None:
+        self._links = {lk.name for lk in self.nl.links()}
+
+    def _blocked(self, key: K, value: DV) -> str | None:
+        return None if value.ifname in self._links else "device missing"

@@ -252,7 +252,27 @@ def _known(spec: Mapping[str, Any], known: Iterable[str]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
-class IPPool:
+class _Resource:
+    """What every Calico v3 resource shares: its kind, where it lives, its metadata.
+
+    Each kind adds its spec fields (after `meta`, so construction and equality are unchanged),
+    `spec_json()` and `from_spec()`; `_FIELDS` are the spec keys it models (the rest is `extra`).
+    """
+
+    KIND: ClassVar[str]
+    PLURAL: ClassVar[str]
+    NAMESPACED: ClassVar[bool]
+    _FIELDS: ClassVar[tuple[str, ...]]
+
+    meta: Meta
+
+    @property
+    def name(self) -> str:
+        return self.meta.name
+
+
+@dataclass(frozen=True)
+class IPPool(_Resource):
     KIND: ClassVar[str] = "IPPool"
     PLURAL: ClassVar[str] = "ippools"
     NAMESPACED: ClassVar[bool] = False
@@ -269,7 +289,6 @@ class IPPool:
         "assignmentMode",
     )
 
-    meta: Meta
     cidr: IPNetwork
     block_size: int = DEFAULT_BLOCK_SIZE_V4
     ipip_mode: str = ENCAP_NEVER
@@ -281,10 +300,6 @@ class IPPool:
     allowed_uses: tuple[str, ...] = (USE_WORKLOAD, USE_TUNNEL)
     assignment_mode: str = "Automatic"
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
 
     @property
     def encapsulation(self) -> str:
@@ -373,7 +388,7 @@ class IPPool:
 
 
 @dataclass(frozen=True)
-class Node:
+class Node(_Resource):
     """calico-node's Node resource: BGP address and AS, tunnel addresses, the VXLAN MAC."""
 
     KIND: ClassVar[str] = "Node"
@@ -394,7 +409,6 @@ class Node:
         "ipv4IPIPTunnelAddr",
     )
 
-    meta: Meta
     ipv4_address: ipaddress.IPv4Interface | None = None  # spec.bgp.ipv4Address "10.99.0.11/24"
     ipv6_address: ipaddress.IPv6Interface | None = None
     as_number: int | None = None  # None: the cluster's (BGPConfiguration) AS
@@ -405,10 +419,6 @@ class Node:
     has_bgp: bool = True  # whether spec.bgp is present at all
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
     bgp_extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
 
     @property
     def ip(self) -> ipaddress.IPv4Address | None:
@@ -468,7 +478,7 @@ class Node:
 
 
 @dataclass(frozen=True)
-class WorkloadEndpoint:
+class WorkloadEndpoint(_Resource):
     """A pod's interface: written by the CNI plugin, read by felix (routes) and bgpd (nothing)."""
 
     KIND: ClassVar[str] = "WorkloadEndpoint"
@@ -488,7 +498,6 @@ class WorkloadEndpoint:
         "mac",
     )
 
-    meta: Meta
     node: str
     interface_name: str
     ip_networks: tuple[IPNetwork, ...] = ()
@@ -501,10 +510,6 @@ class WorkloadEndpoint:
     profiles: tuple[str, ...] = ()
     mac: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
 
     @property
     def namespace(self) -> str:
@@ -567,7 +572,7 @@ class WorkloadEndpoint:
 
 
 @dataclass(frozen=True)
-class BGPConfiguration:
+class BGPConfiguration(_Resource):
     KIND: ClassVar[str] = "BGPConfiguration"
     PLURAL: ClassVar[str] = "bgpconfigurations"
     NAMESPACED: ClassVar[bool] = False
@@ -583,7 +588,6 @@ class BGPConfiguration:
         "programClusterRoutes",
     )
 
-    meta: Meta
     node_to_node_mesh_enabled: bool = True
     as_number: int = DEFAULT_AS
     listen_port: int = 179
@@ -594,10 +598,6 @@ class BGPConfiguration:
     node_mesh_max_restart_time: str = ""  # a Go duration such as "120s"
     program_cluster_routes: str = ""  # "" = Calico's default (EnabledNoEncapOnly for BIRD)
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
 
     def spec_json(self) -> dict[str, Any]:
         s: dict[str, Any] = dict(self.extra)
@@ -659,7 +659,7 @@ class BGPConfiguration:
 
 
 @dataclass(frozen=True)
-class BGPPeer:
+class BGPPeer(_Resource):
     KIND: ClassVar[str] = "BGPPeer"
     PLURAL: ClassVar[str] = "bgppeers"
     NAMESPACED: ClassVar[bool] = False
@@ -681,7 +681,6 @@ class BGPPeer:
         "numAllowedLocalASNumbers",
     )
 
-    meta: Meta
     node: str = ""  # empty: applies to every node (subject to node_selector)
     node_selector: str = ""
     peer_ip: IPAddress | None = None
@@ -698,10 +697,6 @@ class BGPPeer:
     reachable_by: IPAddress | None = None
     filters: tuple[str, ...] = ()
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
 
     def spec_json(self) -> dict[str, Any]:
         s: dict[str, Any] = dict(self.extra)
@@ -799,7 +794,7 @@ class BGPPeer:
 
 
 @dataclass(frozen=True)
-class FelixConfiguration:
+class FelixConfiguration(_Resource):
     """The felix settings pycni-felix honours (`default` is cluster-wide, `node.<name>` per node)."""
 
     KIND: ClassVar[str] = "FelixConfiguration"
@@ -824,7 +819,6 @@ class FelixConfiguration:
         "natOutgoingExclusions",
     )
 
-    meta: Meta
     ipip_enabled: bool | None = None  # None: follow the pools
     ipip_mtu: int = 0  # 0: auto (underlay - 20)
     vxlan_enabled: bool | None = None
@@ -842,10 +836,6 @@ class FelixConfiguration:
     program_cluster_routes: str = ""  # "" = Enabled (felix programs IPIP + VXLAN pool routes)
     nat_outgoing_exclusions: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.meta.name
 
     def spec_json(self) -> dict[str, Any]:
         s: dict[str, Any] = dict(self.extra)
