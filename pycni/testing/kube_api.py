@@ -261,6 +261,17 @@ class FakeKubeApi:
     ) -> None:
         self.stop()
 
+    def write_kubeconfig(self, path: str, *, token: str = "t0ken") -> str:
+        """A JSON kubeconfig (context `fake`) for this server with a bearer token; returns `path`."""
+        with open(path, "w") as f:
+            json.dump({
+                "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+                "contexts": [{"name": "fake", "context": {"cluster": "c", "user": "u"}}],
+                "clusters": [{"name": "c", "cluster": {"server": self.url}}],
+                "users": [{"name": "u", "user": {"token": token}}],
+            }, f)  # fmt: skip
+        return path
+
     # -- state, for tests ------------------------------------------------------------------------
     def revision(self) -> int:
         with self._cond:

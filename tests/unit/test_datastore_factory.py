@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
-import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -37,14 +36,7 @@ def api() -> Iterator[FakeKubeApi]:
 
 @pytest.fixture
 def kubeconfig(tmp_path: Path, api: FakeKubeApi) -> str:
-    p = tmp_path / "kubeconfig"
-    p.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "contexts": [{"name": "fake", "context": {"cluster": "c", "user": "u"}}],
-        "clusters": [{"name": "c", "cluster": {"server": api.url}}],
-        "users": [{"name": "u", "user": {"token": "t0ken"}}],
-    }))  # fmt: skip
-    return str(p)
+    return api.write_kubeconfig(str(tmp_path / "kubeconfig"))
 
 
 @pytest.fixture(autouse=True)

@@ -490,14 +490,8 @@ def test_bad_server_urls_are_invalid() -> None:
 def test_kubeconfig_json(tmp_path: object, api: FakeKubeApi) -> None:
     from pathlib import Path
 
-    p = Path(str(tmp_path)) / "kubeconfig"
-    p.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "contexts": [{"name": "fake", "context": {"cluster": "c", "user": "u"}}],
-        "clusters": [{"name": "c", "cluster": {"server": api.url}}],
-        "users": [{"name": "u", "user": {"token": "t0ken"}}],
-    }))  # fmt: skip
-    ds = KubeDatastore.from_kubeconfig(str(p), namespace="pycni")
+    p = api.write_kubeconfig(str(Path(str(tmp_path)) / "kubeconfig"), token="t0ken")
+    ds = KubeDatastore.from_kubeconfig(p, namespace="pycni")
     try:
         assert ds._http.headers(False)["Authorization"] == "Bearer t0ken"
         ds.put("/cfg/k", "v", ttl=60)
