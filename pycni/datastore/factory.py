@@ -12,12 +12,16 @@ daemon on the Kubernetes API should not pay for, and the other way round.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
-from pycni.datastore import Datastore
 from pycni.errors import Invalid
+
+if TYPE_CHECKING:  # argparse only types the CLI helpers; the CNI plugin's path does not load it
+    import argparse
+
+    from pycni.datastore import Datastore
 
 ETCDV3 = "etcdv3"
 KUBERNETES = "kubernetes"
