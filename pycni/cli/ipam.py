@@ -13,8 +13,8 @@ is read and written in Calico's own etcd layout, so the two tools can be used si
 datastore is `--datastore-type` (default `$DATASTORE_TYPE`, else etcdv3): etcd at `--etcd-endpoints`
 (default `$ETCD_ENDPOINTS`, else http://127.0.0.1:2379), or the Kubernetes API through
 `--kubeconfig` (default `$KUBECONFIG`, else the pod's service account); tests inject another one
-with `set_datastore_factory`. An error the operator can fix prints one line
-and exits 2; releasing an address that was not assigned exits 1.
+with `set_datastore_factory`. An error the operator can fix prints one line and exits 2; releasing
+an address that was not assigned exits 1.
 """
 
 from __future__ import annotations

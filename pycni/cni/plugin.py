@@ -363,8 +363,9 @@ class CniPlugin:
                 "set etcd_endpoints, datastore_type 'kubernetes', or 'none' to run without felix",
             )
         where = nc.etcd_endpoints if nc.datastore_type == ETCDV3 else nc.kubeconfig
+        cache_key = f"{nc.datastore_type}:{where}"  # one client per datastore, across configs
         with self._lock:
-            ds = self._datastores.get(f"{nc.datastore_type}:{where}")
+            ds = self._datastores.get(cache_key)
             if ds is None:
                 try:
                     ds = open_datastore(nc.datastore_type, etcd_endpoints=nc.etcd_endpoints,
@@ -372,7 +373,7 @@ class CniPlugin:
                 except Invalid as e:
                     raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "bad datastore configuration",
                                    str(e)) from None
-                self._datastores[f"{nc.datastore_type}:{where}"] = ds
+                self._datastores[cache_key] = ds
         return ds
 
     def _ipam(self, nc: NetConf, fenv: FlannelEnv | None) -> PodIpam:
