@@ -59,6 +59,8 @@ class Monitor:
         self.proc = subprocess.Popen(
             ["nsenter", f"--net=/run/netns/{netns}", "ip", "monitor", "route"],
             stdout=subprocess.PIPE,
+            # `ip monitor` complains about veth peers in namespaces it has no id for: noise.
+            stderr=subprocess.DEVNULL,
             text=True,
             bufsize=1,
         )
