@@ -23,6 +23,7 @@ import os
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -171,8 +172,31 @@ class FlannelEnv:
     ipmasq: bool
 
 
+#: parsed subnet.env files: path -> ((inode, size, mtime), parsed). flanneld rewrites the file
+#: (new inode or mtime) when its lease changes; one stat() instead of an open, a read and a parse
+#: per ADD in the agent.
+_subnet_envs: dict[str, tuple[tuple[int, int, int], FlannelEnv]] = {}
+
+
 def read_subnet_env(path: str) -> FlannelEnv:
     """flannel-io/cni-plugin `loadFlannelSubnetEnv`: every key is required; NETWORK may list CIDRs."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        st = None
+    if st is not None:
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = _subnet_envs.get(path)
+        # mtime is as coarse as a kernel tick: a file changed within the last second is re-read.
+        if hit is not None and hit[0] == key and time.time_ns() - st.st_mtime_ns > 1_000_000_000:
+            return hit[1]
+    env = _read_subnet_env(path)
+    if st is not None:
+        _subnet_envs[path] = (key, env)
+    return env
+
+
+def _read_subnet_env(path: str) -> FlannelEnv:
     kv: dict[str, str] = {}
     try:
         with open(path) as f:
@@ -326,6 +350,11 @@ class CniPlugin:
         self._host_pool: queue.SimpleQueue[Rtnl] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.reaper = reaper
+        # Bookkeeping that runs after the reply has been sent (agent only, see `deferring`): the
+        # work list of the current request (per worker thread) and, per container, an event set
+        # once that container's deferred work is done, which its next request waits for.
+        self._deferred = threading.local()
+        self._settling: dict[str, threading.Event] = {}
         # Helper threads for overlapping I/O within one request; only worth having in the agent
         # (a thread costs more than it saves in a one-shot process).
         self._pool: ThreadPoolExecutor | None = (
@@ -350,6 +379,52 @@ class CniPlugin:
                 self._host_pool.put(rt)
             else:
                 rt.close()  # a half-read reply must not confuse the next user
+
+    @contextlib.contextmanager
+    def deferring(self) -> Iterator[None]:
+        """Host-side: collect the non-result bookkeeping of the verbs run inside (the result-cache
+        write of an ADD) and run it when the block ends, i.e. after the caller has sent the reply.
+
+        Safe because nothing the reply promises depends on it: a crash before it runs leaves an
+        attachment without a cache entry, which DEL handles from the runtime's prevResult and the
+        derivable names (host veth, IPAM owner, endpoint key), as when the cache file is lost. The
+        next request for the same container waits for it (`_settle`), so DEL, CHECK and GC never
+        see a half-finished ADD."""
+        work: list[tuple[str, threading.Event, Callable[[], None]]] = []
+        self._deferred.work = work
+        try:
+            yield
+        finally:
+            self._deferred.work = None
+            for cid, ev, fn in work:
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001 - the reply is out; log and carry on
+                    log.error("deferred bookkeeping failed", container_id=cid, error=repr(e))
+                finally:
+                    with self._lock:
+                        if self._settling.get(cid) is ev:
+                            del self._settling[cid]
+                    ev.set()
+
+    def _after_reply(self, cid: str, fn: Callable[[], None]) -> bool:
+        """Queue `fn` to run after the reply (inside `deferring`); False (nothing queued) otherwise."""
+        work = getattr(self._deferred, "work", None)
+        if work is None:
+            return False
+        ev = threading.Event()
+        with self._lock:
+            self._settling[cid] = ev
+        work.append((cid, ev, fn))
+        return True
+
+    def _settle(self, cid: str | None = None, timeout: float = 30.0) -> None:
+        """Wait for the deferred bookkeeping of container `cid` (None: of every container)."""
+        with self._lock:
+            evs = list(self._settling.values()) if cid is None else [self._settling.get(cid)]
+        for ev in evs:
+            if ev is not None:
+                ev.wait(timeout)
 
     def _datastore(self, nc: NetConf) -> Any:
         if self._ds_factory is not None:
@@ -434,6 +509,7 @@ class CniPlugin:
 
     # ------------------------------------------------------------------ ADD
     def add(self, a: CmdArgs) -> dict[str, Any]:
+        self._settle(a.container_id)
         nc = parse_conf(a.conf)
         fenv = read_subnet_env(nc.subnet_file) if nc.mode == "flannel" else None
         cache = ResultCache(nc.cache_dir)
@@ -541,31 +617,34 @@ class CniPlugin:
                 fault(a, "after_record")
 
                 result = wired.result
-                cache.put(
-                    nc.name,
-                    a.container_id,
-                    a.ifname,
-                    {
-                        "mode": nc.mode,
-                        "netns": a.netns,
-                        "hostVeth": host_name,
-                        "wepKey": wep_key,
-                        "handle": owner.handle,
-                        "ipMasq": wired.ip_masq,
-                        "cniArgs": a.args,
-                        "result": result,
-                        "config": {"ipam": nc.ipam, "cacheDir": nc.cache_dir},
-                    },
-                )
+                entry = {
+                    "mode": nc.mode,
+                    "netns": a.netns,
+                    "hostVeth": host_name,
+                    "wepKey": wep_key,
+                    "handle": owner.handle,
+                    "ipMasq": wired.ip_masq,
+                    "cniArgs": a.args,
+                    "result": result,
+                    "config": {"ipam": nc.ipam, "cacheDir": nc.cache_dir},
+                }
+
+                def record() -> None:
+                    cache.put(nc.name, a.container_id, a.ifname, entry)
+                    log.info(
+                        "pod added",
+                        container_id=a.container_id,
+                        dev=host_name,
+                        netns=a.netns,
+                        ips=[str(x) for x in used],
+                        endpoint=wep_key,
+                    )
+
+                # In the agent the cache write (and the log line) run after the reply. Not with a
+                # masquerade rule: only the cache says it exists, and DEL must find it after a crash.
+                if wired.ip_masq or not self._after_reply(a.container_id, record):
+                    record()
                 undo.pop_all()
-                log.info(
-                    "pod added",
-                    container_id=a.container_id,
-                    dev=host_name,
-                    netns=a.netns,
-                    ips=[str(x) for x in used],
-                    endpoint=wep_key,
-                )
                 return result
         except NetlinkError as e:
             raise CniError(spec.ERR_INTERNAL, f"netlink: {e}") from None
@@ -591,6 +670,7 @@ class CniPlugin:
 
     # ------------------------------------------------------------------ DEL
     def delete(self, a: CmdArgs) -> None:
+        self._settle(a.container_id)
         nc = parse_conf(a.conf)
         cache = ResultCache(nc.cache_dir)
         entry = cache.get(nc.name, a.container_id, a.ifname) or {}
@@ -669,6 +749,7 @@ class CniPlugin:
 
     # ------------------------------------------------------------------ CHECK
     def check(self, a: CmdArgs) -> None:
+        self._settle(a.container_id)
         nc = parse_conf(a.conf)
         entry = ResultCache(nc.cache_dir).get(nc.name, a.container_id, a.ifname)
         prev = a.conf.get("prevResult") or (entry or {}).get("result")
@@ -716,6 +797,7 @@ class CniPlugin:
 
     # ------------------------------------------------------------------ GC
     def gc(self, a: CmdArgs) -> None:
+        self._settle()
         nc = parse_conf(a.conf)
         valid = set(nc.valid_attachments)
         cache = ResultCache(nc.cache_dir)

@@ -175,14 +175,21 @@ class CniServer:
             return
         env, stdin = read_request(conn)
         t0 = time.perf_counter()
-        rc, out = skel.dispatch(env, stdin, self.plugin)
-        conn.sendall(bytes([ANSWERED, rc]) + out)
+        assert self.plugin is not None
+        # The front exits at EOF: end the stream as soon as the reply is out; the verb's
+        # non-result bookkeeping (ADD's result-cache write) runs after that (`CniPlugin.deferring`).
+        with self.plugin.deferring():
+            rc, out = skel.dispatch(env, stdin, self.plugin)
+            conn.sendall(bytes([ANSWERED, rc]) + out)
+            conn.shutdown(socket.SHUT_WR)
+            replied = time.perf_counter()
         log.debug(
             "cni request served",
             command=env.get("CNI_COMMAND"),
             container_id=env.get("CNI_CONTAINERID"),
             rc=rc,
-            ms=round((time.perf_counter() - t0) * 1000, 3),
+            ms=round((replied - t0) * 1000, 3),
+            ms_total=round((time.perf_counter() - t0) * 1000, 3),
         )
 
 
