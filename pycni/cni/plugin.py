@@ -347,6 +347,7 @@ class CniPlugin:
         self._ds_factory = datastore_factory
         self._datastores: dict[str, Any] = {}
         self._allocators: dict[tuple[str, str], Any] = {}
+        self._flannel_ipam: dict[tuple[str, str, str], HostLocalIpam] = {}
         self._host_pool: queue.SimpleQueue[Rtnl] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self.reaper = reaper
@@ -454,10 +455,14 @@ class CniPlugin:
     def _ipam(self, nc: NetConf, fenv: FlannelEnv | None) -> PodIpam:
         data_dir = nc.ipam_data_dir
         if fenv is not None:
-            rng = host_local.Range.from_json(
-                {"subnet": str(fenv.subnet.network), "gateway": str(fenv.subnet.ip)}
-            )
-            return HostLocalIpam(data_dir, nc.name, [rng])
+            fkey = (data_dir, nc.name, str(fenv.subnet))  # stateless: one per lease and directory
+            hl = self._flannel_ipam.get(fkey)
+            if hl is None:
+                rng = host_local.Range.from_json(
+                    {"subnet": str(fenv.subnet.network), "gateway": str(fenv.subnet.ip)}
+                )
+                hl = self._flannel_ipam[fkey] = HostLocalIpam(data_dir, nc.name, [rng])
+            return hl
         kind = nc.ipam.get("type", "calico-ipam")
         if kind == "host-local":
             try:

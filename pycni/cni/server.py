@@ -51,7 +51,7 @@ class _Reader:
 
     def take(self, n: int) -> bytes:
         while len(self.buf) - self.off < n:
-            c = self.conn.recv(max(65536, n))
+            c = self.conn.recv(max(8192, n))  # a request is ~0.5 KiB; 64 KiB buffers cost a realloc
             if not c:
                 raise ConnectionError("short read")
             self.buf = self.buf[self.off :] + c

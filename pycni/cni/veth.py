@@ -73,8 +73,21 @@ def fault(args: CmdArgs, step: str) -> None:
         raise CniError(spec.ERR_INTERNAL, f"injected fault at {step}")
 
 
+#: kernel randomness for MACs, read 64 MACs at a time: os.urandom (getrandom) releases the GIL, and
+#: in the agent each release during ADD hands the interpreter to the IPAM helper thread.
+_entropy = bytearray()
+_entropy_pid = 0
+_entropy_lock = threading.Lock()
+
+
 def random_mac() -> str:
-    b = bytearray(os.urandom(6))
+    global _entropy_pid
+    with _entropy_lock:
+        if len(_entropy) < 6 or _entropy_pid != os.getpid():  # a forked child never reuses ours
+            _entropy[:] = os.urandom(384)
+            _entropy_pid = os.getpid()
+        b = _entropy[-6:]
+        del _entropy[-6:]
     b[0] = (b[0] & 0xFE) | 0x02  # unicast, locally administered
     return ":".join(f"{x:02x}" for x in b)
 
