@@ -30,12 +30,15 @@ from pycni.bgp.exabgp_process import ExaBgp
 from pycni.bgp.paths import default_run_dir, status_socket
 from pycni.bgp.speaker import Speaker
 from pycni.bgp.status import StatusServer, peer_row
-from pycni.calc.bgp import DATASTORE_PREFIXES, BgpContext, BgpSpec, PeerSession, calc
+from pycni.calc.bgp import BgpContext, BgpSpec, PeerSession, calc, datastore_prefixes
 from pycni.constants import RTPROT_BGPD
 from pycni.datastore import factory
 from pycni.errors import Invalid
 
 log = structlog.get_logger("pycni.bgpd")
+
+QUIET = 0.003  # s without a BGP update that ends a burst's coalescing (UPDATEs of a burst come < 1 ms apart)
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="pycni-bgpd",
@@ -112,10 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     status_path = args.status_socket or status_socket(run_dir)
 
     nl = Pyroute2Netlink()
-    via_cache: dict[str, tuple[float, tuple[Any, str] | None]] = {}
+    via_cache: dict[Any, tuple[float, tuple[Any, str] | None]] = {}
 
     def resolve(nh: Any) -> tuple[Any, str] | None:
-        hit = via_cache.get(str(nh))
+        hit = via_cache.get(nh)  # keyed by the address itself: str() per route was a hot spot
         now = time.monotonic()
         if hit is not None and now - hit[0] < 10.0:
             return hit[1]
@@ -123,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         val = None
         if r is not None and r.oif and r.type == "unicast":
             val = (r.gateway, r.oif)
-        via_cache[str(nh)] = (now, val)
+        via_cache[nh] = (now, val)
         return val
 
     def secret(name: str, key: str) -> str | None:
@@ -199,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     speaker.start()
-    run_source(ds.sync, DATASTORE_PREFIXES, agent.emitter("datastore"), stop, name="datastore")
+    run_source(ds.sync, datastore_prefixes(nodename), agent.emitter("datastore"), stop, name="datastore")
 
     def ticker() -> None:
         while not stop.wait(1.0):
@@ -208,6 +211,21 @@ def main(argv: list[str] | None = None) -> int:
                 agent.queue_resync()
 
     threading.Thread(target=ticker, name="ticker", daemon=True).start()
+
+    def coalesce(limit: float) -> None:
+        """A burst (a peer sending a thousand routes in 50-route UPDATEs): let it accumulate, since
+        a whole calc per UPDATE would make it quadratic, but only while it still flows. Waits in
+        QUIET steps and stops at the first step in which no update came (the burst is over: its
+        tail is applied now, not after a fixed delay) or after `limit`. Single routes and
+        timer-driven steps never get here."""
+        deadline = time.monotonic() + limit
+        last = speaker.emitted
+        while not stop.wait(min(QUIET, max(0.0, deadline - time.monotonic()))):
+            now = speaker.emitted
+            if now == last or time.monotonic() >= deadline:
+                return
+            last = now
+
     log.info("bgpd started", node=nodename, run_dir=run_dir, status_socket=status_path)
     try:
         seen = speaker.emitted
@@ -221,10 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             if applied:
                 log.debug("step", seconds=round(spent, 4), bgp_updates=burst)
             if applied and burst >= 20 and spent > 0.02:
-                # A burst (a peer sending a thousand routes in 50-route UPDATEs): let it
-                # accumulate, since a whole calc per UPDATE would make it quadratic. Single
-                # routes and timer-driven steps never wait.
-                stop.wait(min(spent, 0.1))
+                coalesce(min(spent, 0.1))
     finally:
         log.info("bgpd stopping (kernel routes kept for graceful restart)")
         exa.stop()

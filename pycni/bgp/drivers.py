@@ -117,7 +117,9 @@ class LearnedRoutes:
         self._ready = spec.ready
         if not spec.ready:
             return
-        self._routes = {d: replace(r, proto=self.proto, table=self.table) for d, r in spec.routes.items()}
+        proto, table = self.proto, self.table
+        self._routes = {d: r if (r.proto, r.table) == (proto, table) else replace(r, proto=proto, table=table)
+                        for d, r in spec.routes.items()}
         self.tracker.replace_desired({d: _norm(r) for d, r in self._routes.items()})
         if not spec.hold_deletions and not self._released:
             self._released = True

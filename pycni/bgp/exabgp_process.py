@@ -139,6 +139,12 @@ class ExaBgp:
             "exabgp.daemon.drop": "true",
             "exabgp.log.destination": "stdout",
             "exabgp.log.level": "INFO",
+            # Per-route API lines ("route added to <every neighbour> : <route>", one per prefix and
+            # command) and per-keepalive counters: a file write each, ~15% of a 1000-route burst.
+            # Sessions, config and reactor messages stay. `--exabgp-env exabgp.log.processes=true`
+            # brings them back.
+            "exabgp.log.processes": "false",
+            "exabgp.log.statistics": "false",
             "exabgp.tcp.port": str(self.port),
             "exabgp.tcp.bind": self.bind,
             # The reactor sleeps speed/100 s between turns when idle and runs at most 50 queued API

@@ -76,6 +76,15 @@ RESTART_WINDOW_KEY = "/pycni/bgp/restart-window"  # "closed" once the graceful-r
 
 DATASTORE_PREFIXES = (NODES_PREFIX, BGPCONFIG_PREFIX, BGPPEERS_PREFIX, IPPOOLS_PREFIX, HOST_PREFIX)
 
+
+def datastore_prefixes(nodename: str) -> tuple[str, ...]:
+    """What one node's bgpd watches: DATASTORE_PREFIXES with only its own block affinities.
+
+    calc reads no other node's affinities (their blocks arrive over BGP), and watching them all
+    made every bgpd recalc on every other node's IPAM writes: a 1000-block allocation on one node
+    cost each of its peers several full calcs before the first UPDATE even reached them."""
+    return (NODES_PREFIX, BGPCONFIG_PREFIX, BGPPEERS_PREFIX, IPPOOLS_PREFIX, f"{HOST_PREFIX}{nodename}/")
+
 KIND_MESH = "node-to-node mesh"
 KIND_GLOBAL = "global"
 KIND_NODE = "node specific"
@@ -289,6 +298,7 @@ class _Nets:
                        for n, v in items), key=lambda r: (r[0], r[1]))
         self._rows = rows
         self._starts = [(r[0], r[1]) for r in rows]
+        self._containing: dict[IPNetwork, Any] = {}
 
     def overlapping(self, net: IPNetwork) -> list[tuple[int, Any]]:
         """(prefix length, value) of every network overlapping `net` (rows starting after it are skipped)."""
@@ -297,12 +307,25 @@ class _Nets:
         return [(r[3], r[4]) for r in self._rows[:end] if r[0] == ver and r[2] >= lo]
 
     def containing(self, net: IPNetwork) -> Any:
-        """The value of the most specific network containing `net`, or None."""
+        """The value of the most specific network containing `net`, or None (memoised per index)."""
+        try:
+            return self._containing[net]
+        except KeyError:
+            pass
         best: tuple[int, Any] | None = None
         for plen, val in self.overlapping(net):
             if plen <= net.prefixlen and (best is None or plen > best[0]):
                 best = (plen, val)
-        return best[1] if best is not None else None
+        found = self._containing[net] = best[1] if best is not None else None
+        return found
+
+
+@functools.lru_cache(maxsize=4)
+def _pools(records: tuple[tuple[str, str], ...]) -> tuple[list[IPPool], _Nets]:
+    """The pools and their index, kept across calcs while the pool records do not change: calc runs
+    on every batch of learned routes, and the per-prefix pool lookups are then dictionary hits."""
+    pools = list(decode_all(iter(records), IPPool))
+    return pools, _Nets((p.cidr, p) for p in pools)
 
 
 def peers_for(snap: Snapshot, me: Node, nodes: Mapping[str, Node], cfg: BGPConfiguration | None,
@@ -415,10 +438,9 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
     cluster = me.rr_cluster_id
     peers = peers_for(snap, me, nodes, cfg, ctx)
     peer_by_addr = {p.address: p for p in peers}
-    pools = list(decode_all(snap.items(IPPOOLS_PREFIX), IPPool))
+    pools, pool_index = _pools(tuple(snap.items(IPPOOLS_PREFIX)))
     program = cfg.program_cluster_routes if cfg is not None else ""
 
-    pool_index = _Nets((p.cidr, p) for p in pools)
     blocks = own_blocks(snap, ctx.nodename)
     block_index = _Nets((b, b) for b in blocks)
     exported = []

@@ -14,6 +14,7 @@ from pycni.calc.bgp import (
     RESTART_WINDOW_KEY,
     BgpContext,
     calc,
+    datastore_prefixes,
     learned_key,
     peer_state_key,
     selector_matches,
@@ -175,6 +176,19 @@ def test_announces_confirmed_own_blocks_to_every_peer() -> None:
         (ip("10.99.0.13"), net("10.244.1.0/26")),
     }
     assert all(a.next_hop == "10.99.0.11" for a in spec.announcements.values())
+
+
+def test_only_own_affinities_are_watched_and_calc_needs_no_other() -> None:
+    full = three().block("n1", "10.244.1.0/26").block("n2", "10.244.2.0/26").block("n2", "10.244.3.0/26")
+    prefixes = datastore_prefixes("n1")
+    assert "/calico/ipam/v2/host/n1/" in prefixes and "/calico/ipam/v2/host/" not in prefixes
+    narrow = Snap()
+    for k, v in full.s.items():
+        if any(k.startswith(p) for p in prefixes):
+            narrow.put(k, v)
+    assert len(narrow.s) < len(full.s)
+    a, b = calc(full.s, CTX), calc(narrow.s, CTX)
+    assert (a.announcements, a.routes, a.peers) == (b.announcements, b.routes, b.peers)
 
 
 def test_learned_routes_become_direct_kernel_routes() -> None:
