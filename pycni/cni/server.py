@@ -10,8 +10,8 @@ tests and benchmarks. The same `skel.dispatch` + `CniPlugin` run here as in-proc
 What staying resident buys, besides the start-up: netlink sockets in the host namespace are
 pooled, datastore clients and block allocators live across calls, pod namespaces are entered by a
 worker thread `setns()`-ing only itself for a `socket()` call (no fork, unlike pyroute2's NetNS),
-and veth destruction (an RCU grace period, 15-25 ms) happens after DEL has answered
-(`plugin.Reaper`).
+veth destruction (an RCU grace period, 15-25 ms) happens after DEL has answered
+(`plugin.Reaper`), and ADD's result-cache write after its reply (`CniPlugin.deferring`).
 
 Safety: the server only acts for callers in its own network namespace (SO_PEERCRED -> pid ->
 /proc/<pid>/ns/net); anyone else is told to run the plugin in-process. The socket is 0600, root's.
