@@ -424,6 +424,11 @@ class Lab:
                 if pod["node"] == n.name:
                     self._netns_del(pod["netns"])
             self._stop_processes([e for e in rec["processes"] if e.get("node") == n.name])
+            # The kernel frees a deleted namespace's devices later, on a workqueue: delete the hub
+            # end of the node's veth now, or a node joining at once under the same index finds its
+            # port name still taken (EEXIST).
+            hub = plan.netns_hub(self.name)
+            self.ip_batch(hub, [f"link del {plan.hub_port(n.name)}"], ignore_errors=True)
             self._netns_del(n.netns)
             shutil.rmtree(n.dir, ignore_errors=True)
             with self._rf.mutate() as r:
