@@ -61,12 +61,10 @@ from pycni.datastore.calico import (
 )
 from pycni.datastore.snapshot import Snapshot
 from pycni.ipam.keys import HOST_PREFIX, STATE_CONFIRMED, BlockAffinity, parse_affinity_key
+from pycni.model import IPAddress, IPInterface, IPNetwork
 
 log = structlog.get_logger(__name__)
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 #: Synthetic key space written by the exabgp reader (source "bgp"); never stored in a datastore.
 BGP_PREFIX = "/pycni/bgp/"

@@ -23,13 +23,11 @@ from typing import Literal
 
 from pycni.constants import IPIP_OVERHEAD, VXLAN_OVERHEAD
 from pycni.datastore.calico import ENCAP_ALWAYS, ENCAP_CROSS_SUBNET, ENCAP_NEVER, IPPool
+from pycni.model import IPAddress, IPInterface, IPNetwork
 
 RouteKind = Literal["direct", "ipip", "vxlan"]
 Owner = Literal["felix", "bgpd"]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def same_subnet(local_ip_iface: IPInterface | None, remote_ip: IPAddress | None) -> bool:

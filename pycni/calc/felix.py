@@ -40,10 +40,10 @@ from pycni.constants import CALI_VXLAN_DEV, CALI_VXLAN_PORT, CALI_VXLAN_VNI, IPI
 from pycni.dataplane.netlink import SCOPE_LINK, Fdb, Neigh, Route
 from pycni.datastore import calico as c
 from pycni.datastore.snapshot import Snapshot
+from pycni.model import IPNetwork
 
 log = structlog.get_logger(__name__)
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 #: What felix watches: every v3 resource we model, and the IPAM host affinities.
 AFFINITY_PREFIX = "/calico/ipam/v2/host/"

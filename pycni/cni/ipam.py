@@ -21,9 +21,7 @@ from pycni.cni import spec
 from pycni.cni.spec import CniError
 from pycni.errors import Invalid, Transient, Unavailable
 from pycni.ipam import host_local
-
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from pycni.model import IPAddress, IPInterface
 
 
 @dataclass(frozen=True, slots=True)

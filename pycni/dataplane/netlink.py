@@ -11,15 +11,11 @@ the adapter without `setns` in our own process, or the current one).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pycni.constants import MAIN_TABLE, RTPROT_BOOT
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+from pycni.model import IPAddress, IPInterface, IPNetwork  # noqa: F401
 
 SCOPE_UNIVERSE = 0
 SCOPE_LINK = 253

@@ -40,6 +40,7 @@ from typing import Any, ClassVar, TypeVar
 import structlog
 
 from pycni.errors import Invalid
+from pycni.model import IPAddress, IPInterface, IPNetwork
 
 log = structlog.get_logger(__name__)
 
@@ -68,9 +69,6 @@ _LINK_LOCAL_V6 = ipaddress.ip_network("fe80::/10")
 _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 
 # ----------------------------------------------------------------------------------------------

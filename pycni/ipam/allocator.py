@@ -47,12 +47,10 @@ from pycni.ipam.keys import (
     IPAMConfig,
     IPAMHandle,
 )
+from pycni.model import IPAddress, IPInterface, IPNetwork
 
 log = structlog.get_logger(__name__)
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
 DEFAULT_RETRIES = 100  # libcalico-go's datastoreRetries
 EMPTY_BLOCK_MIN_RECLAIM_AGE = 60.0  # seconds; libcalico-go's EmptyBlockMinReclaimAge

@@ -31,10 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycni.errors import AlreadyExists, Invalid
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+from pycni.model import IPAddress, IPInterface, IPNetwork
 
 AFFINITY_HOST = "host"
 

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pycni.errors import Invalid
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+from pycni.model import IPNetwork
 
 IPAM_PREFIX = "/calico/ipam/v2/"
 BLOCK_PREFIX = "/calico/ipam/v2/assignment/"
