@@ -35,6 +35,7 @@ import structlog
 from pycni.bgp import exabgp_api
 from pycni.bgp.exabgp_api import Ack, BgpEvent
 from pycni.errors import Transient
+from pycni.unixsock import listen_unix
 
 log = structlog.get_logger(__name__)
 
@@ -105,16 +106,8 @@ class ExaBgp:
     def _listen(self) -> None:
         if self._listener is not None:
             return
-        try:
-            os.unlink(self.api_socket)
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(self.api_socket)
+        self._listener = listen_unix(self.api_socket, mode=0o600, backlog=4, timeout=0.5)
         self.chown(self.api_socket, 0o600)
-        s.listen(4)
-        s.settimeout(0.5)
-        self._listener = s
 
     def _argv(self) -> list[str]:
         base = [self.exabgp] if self.exabgp else [sys.executable, LAUNCH_PATH]

@@ -20,6 +20,8 @@ from typing import Any
 
 import structlog
 
+from pycni.unixsock import listen_unix
+
 log = structlog.get_logger(__name__)
 
 
@@ -110,17 +112,7 @@ class StatusServer:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(self.path)
-        os.chmod(self.path, 0o660)
-        s.listen(8)
-        s.settimeout(0.5)
-        self._sock = s
+        self._sock = listen_unix(self.path, mode=0o660, backlog=8, timeout=0.5)
         threading.Thread(target=self._serve, name="status", daemon=True).start()
 
     def _serve(self) -> None:

@@ -33,6 +33,7 @@ from typing import Any
 from pycni.cni import skel
 from pycni.cni.log import get_logger
 from pycni.cni.plugin import CniPlugin, Reaper
+from pycni.unixsock import listen_unix
 
 log = get_logger("pycni.cni.server")
 
@@ -98,16 +99,7 @@ class CniServer:
     def start(self) -> None:
         self.reaper = Reaper()
         self.plugin = CniPlugin(datastore_factory=self._datastore_factory, reaper=self.reaper)
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.socket_path.unlink()
-        except FileNotFoundError:
-            pass
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(str(self.socket_path))
-        os.chmod(self.socket_path, 0o600)
-        s.listen(256)
-        self._sock = s
+        self._sock = listen_unix(str(self.socket_path), mode=0o600, backlog=256)
         # Every worker blocks in accept() on the one listening socket: the kernel hands each
         # connection to one idle worker, with no queue or extra thread switch in between.
         for i in range(self._workers):
