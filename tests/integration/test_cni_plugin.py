@@ -11,6 +11,7 @@ import ipaddress
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,7 @@ def test_calico_add_check_del(node: Node) -> None:
     # IPAM + cache on disk
     assert ipam_files(node.tmp / "ipam" / "k8s-pod-network") == [ip_a.split("/")[0]]
     assert (node.tmp / "ipam" / "k8s-pod-network" / ip_a.split("/")[0]).read_bytes() == b"ca\r\neth0"
-    assert (node.tmp / "cache" / "k8s-pod-network-ca-eth0").exists()
+    assert wait_exists(node.tmp / "cache" / "k8s-pod-network-ca-eth0")
 
     rb = node.cni("ADD", conf, cid="cb", netns=pb, args=K8S.format(pod="web-1"))
     assert rb.rc == 0, rb.stdout
@@ -482,11 +483,22 @@ def test_restarted_agent_destroys_pairs_a_crash_left_behind(tmp_path: Path) -> N
         node.teardown()
 
 
+def wait_exists(path: Path, timeout: float = 5.0) -> bool:
+    """The agent writes the ADD result cache just after its reply (docs/cni.md)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return path.exists()
+
+
 def test_del_uses_prev_result_when_the_cache_is_gone(node: Node) -> None:
     conf = calico_conf(node)
     pa = node.pod("pa")
     res = node.cni("ADD", conf, cid="ca", netns=pa, args=K8S.format(pod="web-0")).json
-    os.unlink(node.tmp / "cache" / "k8s-pod-network-ca-eth0")
+    # The agent writes the cache just after its reply (docs/cni.md): lose it once it is there.
+    cache = node.tmp / "cache" / "k8s-pod-network-ca-eth0"
+    assert wait_exists(cache)
+    os.unlink(cache)
     r = node.cni("DEL", {**conf, "prevResult": res}, cid="ca", netns=pa, args=K8S.format(pod="web-0"))
     assert r.rc == 0, r.stdout
     assert ipam_files(node.tmp / "ipam" / "k8s-pod-network") == []
