@@ -258,13 +258,17 @@ class ExaBgp:
 
     # -- the reader thread -------------------------------------------------------------------
     def _drop_conn(self) -> None:
+        self._set_conn(None)
+
+    def _set_conn(self, conn: socket.socket | None) -> None:
+        """Replace the relay connection (closing the old one); pending acks belong to the old one."""
         with self._cond:
             if self._conn is not None:
                 try:
                     self._conn.close()
                 except OSError:
                     pass
-            self._conn = None
+            self._conn = conn
             self._conn_gen += 1
             self._acks.clear()
             self._cond.notify_all()
@@ -285,16 +289,7 @@ class ExaBgp:
                     time.sleep(0.1)
                     continue
                 conn.settimeout(None)
-                with self._cond:
-                    if self._conn is not None:
-                        try:
-                            self._conn.close()
-                        except OSError:
-                            pass
-                    self._conn = conn
-                    self._conn_gen += 1
-                    self._acks.clear()
-                    self._cond.notify_all()
+                self._set_conn(conn)
                 log.info("exabgp api connected")
                 self._on_restart()  # a new relay: exabgp's view of us starts empty
                 self._pump(conn)

@@ -46,13 +46,8 @@ def setup(
 def teardown(network: str, cid: str, ifname: str) -> bool:
     """Remove the jump and the chain if present; idempotent."""
     ch = chain_name(network, cid, ifname)
-    try:
-        saved = subprocess.run(
-            ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return False
-    if f":{ch} " not in saved:
+    saved = _nat_rules()
+    if saved is None or f":{ch} " not in saved:
         return False
     lines = ["*nat"]
     for line in saved.splitlines():
@@ -65,14 +60,17 @@ def teardown(network: str, cid: str, ifname: str) -> bool:
 
 
 def present(network: str, cid: str, ifname: str) -> bool:
-    ch = chain_name(network, cid, ifname)
+    saved = _nat_rules()
+    return saved is not None and f"-j {chain_name(network, cid, ifname)}" in saved
+
+
+def _nat_rules() -> str | None:
+    """`iptables-save -t nat`, or None when it cannot be read."""
     try:
-        saved = subprocess.run(
-            ["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True
-        ).stdout
+        argv = ["iptables-save", "-t", "nat"]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return False
-    return f"-j {ch}" in saved
+        return None
 
 
 def _restore(text: str) -> None:
