@@ -250,5 +250,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _profiled() -> int:
+    """PYCNI_PROFILE=DIR (debugging): cProfile of the main thread (calc and drivers) to DIR/bgpd-<pid>.prof."""
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        return prof.runcall(main)
+    finally:
+        prof.dump_stats(os.path.join(os.environ["PYCNI_PROFILE"], f"bgpd-{os.getpid()}.prof"))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_profiled() if os.environ.get("PYCNI_PROFILE") else main())

@@ -23,6 +23,7 @@ Run as `python exabgp_launch.py server CONF` (stdlib + exabgp only, readable by 
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -75,7 +76,16 @@ def main() -> int:
     from exabgp.application.main import main as exabgp_main
 
     sys.argv[0] = "exabgp"
-    return int(exabgp_main() or 0)
+    prof_dir = os.environ.get("PYCNI_EXABGP_PROFILE")  # debugging: cProfile stats to DIR/exabgp-<pid>.prof
+    if not prof_dir:
+        return int(exabgp_main() or 0)
+    import cProfile
+
+    prof = cProfile.Profile()
+    try:
+        return int(prof.runcall(exabgp_main) or 0)
+    finally:
+        prof.dump_stats(os.path.join(prof_dir, f"exabgp-{os.getpid()}.prof"))
 
 
 if __name__ == "__main__":
