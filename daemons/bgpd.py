@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _profiled() -> int:
-    """PYCNI_PROFILE=DIR (debugging): cProfile of the main thread (calc and drivers) to DIR/bgpd-<pid>.prof."""
+    """PYCNI_PROFILE=DIR (debugging): cProfile of the main thread (calc, drivers) to DIR/bgpd-<pid>.prof."""
     import cProfile
 
     prof = cProfile.Profile()
