@@ -13,13 +13,12 @@ been told, which is what makes reflection and per-peer withdrawal possible.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycni.model import IPAddress, IPNetwork
+from pycni.model import IPAddress, IPNetwork, parse_address, parse_network
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ class RouteAttrs:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RouteAttrs:
         return cls(
-            next_hop=ipaddress.ip_address(d["next_hop"]),
+            next_hop=parse_address(d["next_hop"]),
             as_path=tuple(int(a) for a in d.get("as_path", ())),
             local_pref=d.get("local_pref"),
             med=d.get("med"),
@@ -110,7 +109,7 @@ def _peer(msg: dict[str, Any]) -> IPAddress | None:
     addr = nb.get("address")
     peer = addr.get("peer") if isinstance(addr, dict) else nb.get("ip")
     try:
-        return ipaddress.ip_address(str(peer))
+        return parse_address(str(peer))
     except ValueError:
         return None
 
@@ -180,7 +179,7 @@ def decode(line: str) -> list[BgpEvent]:
             continue
         for e in entries:
             try:
-                out.append(RouteWithdraw(peer, ipaddress.ip_network(e["nlri"] if isinstance(e, dict) else e)))
+                out.append(RouteWithdraw(peer, parse_network(e["nlri"] if isinstance(e, dict) else e)))
             except (KeyError, ValueError):
                 continue
     raw_attrs = upd.get("attribute") or {}
@@ -189,12 +188,12 @@ def decode(line: str) -> list[BgpEvent]:
             continue
         for nh, entries in by_nh.items():
             try:
-                attrs = _attrs(raw_attrs, ipaddress.ip_address(nh))
+                attrs = _attrs(raw_attrs, parse_address(nh))
             except ValueError:
                 continue
             for e in entries or []:
                 try:
-                    pfx = ipaddress.ip_network(e["nlri"] if isinstance(e, dict) else e)
+                    pfx = parse_network(e["nlri"] if isinstance(e, dict) else e)
                 except (KeyError, ValueError):
                     continue
                 out.append(RouteAnnounce(peer, pfx, attrs))

@@ -52,6 +52,7 @@ class Speaker:
         self._session: dict[IPAddress, int] = {}
         self._state: dict[IPAddress, dict[str, object]] = {}
         self._rev = 0
+        self._attrs_json: tuple[object, str] = (None, "")  # the last attributes and their JSON
 
     def start(self) -> None:
         self._emit(SyncStatus.IN_SYNC)
@@ -83,7 +84,12 @@ class Speaker:
                 k = learned_key(ev.peer, ev.prefix)
                 self._routes.setdefault(ev.peer, set()).add(k)
                 self._stale.get(ev.peer, set()).discard(k)
-                self._put(k, json.dumps(ev.attrs.to_json(), sort_keys=True))
+                # the routes of one UPDATE share one RouteAttrs object: encode it once
+                cached, text = self._attrs_json
+                if cached is not ev.attrs:
+                    text = json.dumps(ev.attrs.to_json(), sort_keys=True)
+                    self._attrs_json = (ev.attrs, text)
+                self._put(k, text)
             elif isinstance(ev, RouteWithdraw):
                 k = learned_key(ev.peer, ev.prefix)
                 self._routes.get(ev.peer, set()).discard(k)

@@ -38,6 +38,8 @@ import functools
 import ipaddress
 import json
 import re
+import time
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +63,7 @@ from pycni.datastore.calico import (
 )
 from pycni.datastore.snapshot import Snapshot
 from pycni.ipam.keys import HOST_PREFIX, STATE_CONFIRMED, BlockAffinity, parse_affinity_key
-from pycni.model import IPAddress, IPInterface, IPNetwork
+from pycni.model import IPAddress, IPInterface, IPNetwork, parse_address, parse_network
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +99,7 @@ def parse_learned_key(key: str) -> tuple[IPAddress, IPNetwork] | None:
     rest = key[len(LEARNED_PREFIX):]
     peer, _, net = rest.partition("/")
     try:
-        return ipaddress.ip_address(peer), ipaddress.ip_network(net.replace("-", "/"))
+        return parse_address(peer), parse_network(net.replace("-", "/"))
     except ValueError:
         return None
 
@@ -280,12 +282,20 @@ def _learned(key: str, value: str) -> tuple[IPAddress, IPNetwork, RouteAttrs] | 
     parsed = parse_learned_key(key)
     if parsed is None:
         return None
-    try:
-        attrs = RouteAttrs.from_json(json.loads(value))
-    except (ValueError, KeyError, TypeError, AttributeError):
+    attrs = _route_attrs(value)
+    if attrs is None:
         log.warning("bad learned route skipped", key=key)
         return None
     return parsed[0], parsed[1], attrs
+
+
+@functools.lru_cache(maxsize=4096)
+def _route_attrs(value: str) -> RouteAttrs | None:
+    """The attributes JSON, parsed once per distinct text (the routes of one UPDATE share it)."""
+    try:
+        return RouteAttrs.from_json(json.loads(value))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 class _Nets:
@@ -448,57 +458,18 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
             continue
         exported.append(b)
 
-    ann: dict[tuple[IPAddress, IPNetwork], Announcement] = {}
     # Our address, not "self": same meaning for every session (they all use the node address), and
     # exabgp deep-copies every "self" route per neighbour to rewrite it (see exabgp_launch.py).
-    own = Announcement(next_hop=str(my_ip))
-    for p in peers:
-        for b in exported:
-            ann[(p.address, b)] = own
-
-    # learned routes, loop-checked, grouped per prefix
-    by_prefix: dict[IPNetwork, list[tuple[IPAddress, RouteAttrs]]] = {}
+    memo = _memo(snap, ctx.nodename)
+    ann = memo.own_announcements(tuple(p.address for p in peers), Announcement(next_hop=str(my_ip)), exported)
+    sig = (tuple(peers), cluster, my_iface, pool_index, program, tuple(blocks), local_as, ctx)
+    routes, reflected = memo.learned(snap, sig, _Learned(
+        peers=peers, peer_by_addr=peer_by_addr, cluster=cluster, router_id=str(my_ip), my_iface=my_iface,
+        block_index=block_index if blocks else None, pool_index=pool_index, program=program,
+        local_as=local_as, ctx=ctx))
+    for r in reflected:
+        ann.update(r)
     router_id = str(my_ip)
-    for key, value in snap.items(LEARNED_PREFIX):
-        rec = _learned(key, value)
-        if rec is None:
-            continue
-        peer, prefix, attrs = rec
-        if peer not in peer_by_addr:
-            continue
-        if cluster and cluster in attrs.cluster_list:
-            continue
-        if attrs.originator_id == router_id or attrs.next_hop == my_ip:
-            continue
-        if blocks and block_index.overlapping(prefix):
-            continue
-        by_prefix.setdefault(prefix, []).append((peer, attrs))
-
-    routes: dict[IPNetwork, Route] = {}
-    for prefix in sorted(by_prefix, key=lambda n: (n.version, int(n.network_address), n.prefixlen)):
-        cands = by_prefix[prefix]
-        src, attrs = cands[0] if len(cands) == 1 else _best(cands)
-        # reflection
-        if cluster:
-            sp = peer_by_addr[src]
-            if sp.peer_as == local_as:
-                for q in peers:
-                    if q.address == src or q.peer_as != local_as:
-                        continue
-                    if not sp.rr_client and not q.rr_client:
-                        continue
-                    if attrs.originator_id and attrs.originator_id == str(q.address):
-                        continue
-                    ann[(q.address, prefix)] = Announcement(
-                        next_hop=str(attrs.next_hop), as_path=attrs.as_path, local_pref=attrs.local_pref,
-                        med=attrs.med, origin=attrs.origin,
-                        originator_id=attrs.originator_id or str(src),
-                        cluster_list=(cluster, *attrs.cluster_list),
-                        communities=attrs.communities,
-                    )
-        r = _kernel_route(prefix, attrs.next_hop, pool_index.containing(prefix), program, my_iface, ctx)
-        if r is not None:
-            routes[prefix] = r
 
     sess = sessions(snap)
     window_closed = snap.get(RESTART_WINDOW_KEY) == "closed"
@@ -508,6 +479,164 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
         peers=tuple(peers), own_blocks=tuple(exported), announcements=ann, routes=routes,
         hold_deletions=not (window_closed or all_eor), sessions=sess,
     )
+
+
+# -- the learned-route section, incrementally ------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Learned:
+    """What decides the kernel route and the reflected announcements of one learned prefix."""
+
+    peers: list[BgpPeer]
+    peer_by_addr: dict[IPAddress, BgpPeer]
+    cluster: str
+    router_id: str
+    my_iface: IPInterface
+    block_index: _Nets | None
+    pool_index: _Nets
+    program: str
+    local_as: int
+    ctx: BgpContext
+
+    def accept(self, peer: IPAddress, prefix: IPNetwork, attrs: RouteAttrs) -> bool:
+        """The loop and ownership checks a learned path must pass to be a candidate at all."""
+        if peer not in self.peer_by_addr:
+            return False
+        if self.cluster and self.cluster in attrs.cluster_list:
+            return False
+        if attrs.originator_id == self.router_id or attrs.next_hop == self.my_iface.ip:
+            return False
+        return not (self.block_index is not None and self.block_index.overlapping(prefix))
+
+    def result(self, prefix: IPNetwork, cands: dict[IPAddress, RouteAttrs]
+               ) -> tuple[Route | None, dict[tuple[IPAddress, IPNetwork], Announcement]]:
+        src, attrs = next(iter(cands.items())) if len(cands) == 1 else _best(list(cands.items()))
+        refl: dict[tuple[IPAddress, IPNetwork], Announcement] = {}
+        if self.cluster:
+            sp = self.peer_by_addr[src]
+            if sp.peer_as == self.local_as:
+                for q in self.peers:
+                    if q.address == src or q.peer_as != self.local_as:
+                        continue
+                    if not sp.rr_client and not q.rr_client:
+                        continue
+                    if attrs.originator_id and attrs.originator_id == str(q.address):
+                        continue
+                    refl[(q.address, prefix)] = Announcement(
+                        next_hop=str(attrs.next_hop), as_path=attrs.as_path, local_pref=attrs.local_pref,
+                        med=attrs.med, origin=attrs.origin,
+                        originator_id=attrs.originator_id or str(src),
+                        cluster_list=(self.cluster, *attrs.cluster_list),
+                        communities=attrs.communities,
+                    )
+        r = _kernel_route(prefix, attrs.next_hop, self.pool_index.containing(prefix), self.program,
+                          self.my_iface, self.ctx)
+        return r, refl
+
+
+#: A full recalculation of every learned prefix at least this often (s): next hops resolved
+#: through the kernel (`BgpContext.resolve`) are looked up again, as a fresh calc would.
+FULL_RECALC_INTERVAL = 10.0
+
+
+class _Memo:
+    """calc's memory of its previous run on the same Snapshot, so a batch of learned routes costs
+    work in proportion to the batch, not to the table: a peer sending a thousand routes in
+    fifty-route UPDATEs made every batch recompute the whole table (quadratic in the burst).
+
+    Invisible by construction: the learned section is recomputed only for prefixes whose records
+    changed (diffed by identity against the values seen last time: the Snapshot keeps unchanged
+    values as the same objects), and from scratch whenever anything else it depends on changed
+    (peers, pools, our blocks, cluster, ...) or FULL_RECALC_INTERVAL has passed. The unit tests
+    check it against fresh calcs on random sequences."""
+
+    def __init__(self) -> None:
+        self.sig: tuple[Any, ...] | None = None
+        self.full_at = 0.0
+        self.items: dict[str, str] = {}
+        self.cands: dict[IPNetwork, dict[IPAddress, RouteAttrs]] = {}
+        self.routes: dict[IPNetwork, Route] = {}
+        self.refl: dict[IPNetwork, dict[tuple[IPAddress, IPNetwork], Announcement]] = {}
+        self.own_sig: tuple[Any, ...] | None = None
+        self.own_blocks: tuple[IPNetwork, ...] = ()
+        self.own: dict[tuple[IPAddress, IPNetwork], Announcement] = {}
+
+    def own_announcements(self, peers: tuple[IPAddress, ...], own: Announcement, exported: list[IPNetwork]
+                          ) -> dict[tuple[IPAddress, IPNetwork], Announcement]:
+        """{(peer, block): own} for every peer and exported block (a new dict, patched from the last)."""
+        if self.own_sig != (peers, own):
+            self.own_sig, self.own_blocks, self.own = (peers, own), (), {}
+        blocks = tuple(exported)
+        if blocks != self.own_blocks:
+            old, new = set(self.own_blocks), set(blocks)
+            for b in old - new:
+                for p in peers:
+                    del self.own[(p, b)]
+            for b in blocks:
+                if b not in old:
+                    for p in peers:
+                        self.own[(p, b)] = own
+            self.own_blocks = blocks
+        return dict(self.own)
+
+    def learned(self, snap: Snapshot, sig: tuple[Any, ...], how: _Learned
+                ) -> tuple[dict[IPNetwork, Route], list[dict[tuple[IPAddress, IPNetwork], Announcement]]]:
+        cur = snap.range(LEARNED_PREFIX)
+        now = time.monotonic()
+        if sig != self.sig or now >= self.full_at:
+            self.sig, self.full_at = sig, now + FULL_RECALC_INTERVAL
+            self.items, self.cands, self.routes, self.refl = {}, {}, {}, {}
+        prev = self.items
+        changed = [k for k, v in cur.items() if prev.get(k) is not v]
+        gone = prev.keys() - cur.keys() if len(prev) + len(changed) != len(cur) else ()
+        touched: set[IPNetwork] = set()
+        for key in (*changed, *gone):
+            old = prev.get(key)
+            if old is not None:
+                rec = _learned(key, old)
+                if rec is not None:
+                    peer, prefix, _ = rec
+                    c = self.cands.get(prefix)
+                    if c is not None and c.pop(peer, None) is not None:
+                        touched.add(prefix)
+            value = cur.get(key)
+            if value is not None:
+                rec = _learned(key, value)
+                if rec is not None and how.accept(*rec):
+                    peer, prefix, attrs = rec
+                    self.cands.setdefault(prefix, {})[peer] = attrs
+                    touched.add(prefix)
+        self.items = cur
+        for prefix in touched:
+            c = self.cands.get(prefix)
+            if not c:
+                self.cands.pop(prefix, None)
+                self.routes.pop(prefix, None)
+                self.refl.pop(prefix, None)
+                continue
+            r, refl = how.result(prefix, c)
+            if r is None:
+                self.routes.pop(prefix, None)
+            else:
+                self.routes[prefix] = r
+            if refl:
+                self.refl[prefix] = refl
+            else:
+                self.refl.pop(prefix, None)
+        return dict(self.routes), list(self.refl.values())
+
+
+_MEMOS: weakref.WeakKeyDictionary[Snapshot, dict[str, _Memo]] = weakref.WeakKeyDictionary()
+
+
+def _memo(snap: Snapshot, nodename: str) -> _Memo:
+    per_node = _MEMOS.get(snap)
+    if per_node is None:
+        per_node = _MEMOS[snap] = {}
+    m = per_node.get(nodename)
+    if m is None:
+        m = per_node[nodename] = _Memo()
+    return m
 
 
 _RESOLVE = Route(dst=ipaddress.ip_network("0.0.0.0/32"))  # sentinel: ask the kernel
