@@ -64,6 +64,7 @@ class NetConf:
     datastore_type: str = "etcdv3"  # Calico's: "etcdv3" | "kubernetes" | "none" (no felix: tests)
     etcd_endpoints: str = ""
     kubeconfig: str = ""  # Calico's "kubernetes": {"kubeconfig": ...}; "" = $KUBECONFIG / in-cluster
+    num_queues: int = 1  # Calico's "num_queues": TX/RX queues per veth end (<= 0 means 1, as Calico)
     # flannel
     subnet_file: str = DEFAULT_SUBNET_FILE
     bridge: str = "cni0"
@@ -93,6 +94,9 @@ def parse_conf(conf: dict[str, Any]) -> NetConf:
     mtu = conf.get("mtu", 0) or 0
     if not isinstance(mtu, int) or mtu < 0 or mtu > 65535:
         raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "mtu must be an integer", repr(mtu))
+    num_queues = conf.get("num_queues", 0) or 0
+    if not isinstance(num_queues, int) or isinstance(num_queues, bool) or num_queues > 4096:
+        raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, "num_queues must be an integer", repr(num_queues))
     nodename = conf.get("nodename") or ""
     if not nodename and conf.get("nodename_file"):
         try:
@@ -132,6 +136,7 @@ def parse_conf(conf: dict[str, Any]) -> NetConf:
         datastore_type=str(conf.get("datastore_type", "etcdv3")),
         etcd_endpoints=str(conf.get("etcd_endpoints", "")),
         kubeconfig=str(kube.get("kubeconfig") or ""),
+        num_queues=max(num_queues, 1),
         subnet_file=str(conf.get("subnetFile") or DEFAULT_SUBNET_FILE),
         bridge=str(opts.get("bridge") or "cni0"),
         hairpin=_bool(opts, "hairpinMode", True),
@@ -576,6 +581,7 @@ class CniPlugin:
                         addresses=host32,
                         undo=undo,
                         flush=flush,
+                        queues=nc.num_queues,
                     )
                 else:
                     assert fenv is not None

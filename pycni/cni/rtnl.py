@@ -44,6 +44,7 @@ NLA_F_NESTED = 0x8000
 IFF_UP = 0x1
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_MASTER, IFLA_IFALIAS = 1, 3, 4, 5, 10, 20
 IFLA_LINKINFO, IFLA_NET_NS_FD, IFLA_EXT_MASK, IFLA_AF_SPEC, IFLA_GROUP = 18, 28, 29, 26, 27
+IFLA_NUM_TX_QUEUES, IFLA_NUM_RX_QUEUES = 31, 32
 IFLA_INET_CONF = 1
 IPV4_DEVCONF_FORWARDING, IPV4_DEVCONF_PROXY_ARP, IPV4_DEVCONF_ROUTE_LOCALNET = 1, 3, 26
 IFLA_INFO_KIND, IFLA_INFO_DATA, IFLA_INFO_SLAVE_KIND, IFLA_INFO_SLAVE_DATA = 1, 2, 4, 5
@@ -241,8 +242,12 @@ class Rtnl:
         peer_netns_fd: int,
         mtu: int,
         master: int = 0,
+        queues: int = 0,
     ) -> LinkInfo | None:
         """Both ends in one message: the peer is created directly in the pod netns (no move).
+
+        `queues` > 0 gives each end that many TX and RX queues (0: the kernel's default, one per
+        possible CPU); each queue is a sysfs directory the kernel creates and removes with the device.
 
         The host end comes up at creation; the peer must be set up afterwards from inside its
         namespace (asking for IFF_UP on the peer here fails with ENOTCONN on this 6.x kernel).
@@ -250,11 +255,15 @@ class Rtnl:
         index, and in `link` the peer's index, which saves a GET on each side; None on older
         kernels.
         """
+        qattrs = (
+            attr_u32(IFLA_NUM_TX_QUEUES, queues) + attr_u32(IFLA_NUM_RX_QUEUES, queues) if queues else b""
+        )
         peer_body = (
             _IFI.pack(0, 0, 0, 0, 0)
             + attr_str(IFLA_IFNAME, peer)
             + attr(IFLA_ADDRESS, mac_bytes(peer_mac))
             + attr_u32(IFLA_MTU, mtu)
+            + qattrs
             + attr_u32(IFLA_NET_NS_FD, peer_netns_fd)
         )
         linkinfo = nested(
@@ -268,6 +277,7 @@ class Rtnl:
             + attr(IFLA_ADDRESS, mac_bytes(mac))
             + attr_u32(IFLA_MTU, mtu)
             + (attr_u32(IFLA_MASTER, master) if master else b"")
+            + qattrs
             + linkinfo
         )
         echoed: list[bytes] = []

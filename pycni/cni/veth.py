@@ -126,6 +126,7 @@ def _create_veth(
     mtu: int,
     master: int = 0,
     flush: Callable[[], bool] | None = None,
+    queues: int = 0,
 ) -> LinkInfo | None:
     """Create the pair; return the host end as echoed by the kernel (None if not echoed).
 
@@ -135,7 +136,7 @@ def _create_veth(
     info = None
     for attempt in range(3):
         try:
-            info = host.veth_add(host_name, host_mac, a.ifname, pod_mac, nsfd, mtu, master)
+            info = host.veth_add(host_name, host_mac, a.ifname, pod_mac, nsfd, mtu, master, queues)
             break
         except NetlinkError as e:
             if e.errno != EEXIST or attempt == 2:
@@ -176,11 +177,15 @@ def calico_add(
     addresses: Callable[[], list[ipaddress.IPv4Interface | ipaddress.IPv6Interface]],
     undo: ExitStack,
     flush: Callable[[], bool] | None = None,
+    queues: int = 1,
 ) -> Wired:
     """`addresses` resolves the IPAM result; it is called after the pair exists, so the IPAM work
-    (file or datastore I/O) can run while the kernel creates the veth."""
+    (file or datastore I/O) can run while the kernel creates the veth. `queues`: TX/RX queues per
+    end (Calico's `num_queues`, default 1; the kernel would give one per possible CPU)."""
     pod_mac = random_mac()
-    hinfo = _create_veth(host, pod, host_name, CALI_HOST_MAC, a, pod_mac, nsfd, mtu, flush=flush)
+    hinfo = _create_veth(
+        host, pod, host_name, CALI_HOST_MAC, a, pod_mac, nsfd, mtu, flush=flush, queues=queues
+    )
     undo.callback(_quiet, host.link_del, host_name)
     fault(a, "after_veth")
 

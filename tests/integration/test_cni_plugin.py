@@ -128,6 +128,11 @@ def test_calico_add_check_del(node: Node) -> None:
     # kernel: host side
     hl = node.links()[host]
     assert hl["address"] == "ee:ee:ee:ee:ee:ee" and "UP" in hl["flags"]
+    # one TX and one RX queue on each end, as Calico (num_queues, default 1)
+    hd = ip_json(node.ns, "-d", "link", "show", host)[0]
+    assert (hd["num_tx_queues"], hd["num_rx_queues"]) == (1, 1)
+    pd = ip_json(pa, "-d", "link", "show", "eth0")[0]
+    assert (pd["num_tx_queues"], pd["num_rx_queues"]) == (1, 1)
     hr = [r for r in node.routes() if r["dst"] == ip_a.split("/")[0]]
     assert (
         hr
@@ -162,6 +167,30 @@ def test_calico_add_check_del(node: Node) -> None:
     assert not (node.tmp / "cache" / "k8s-pod-network-ca-eth0").exists()
     # DEL again: success, nothing to do
     assert node.cni("DEL", conf, cid="ca", netns=pa, args=K8S.format(pod="web-0")).rc == 0
+
+
+def _possible_cpus() -> int:
+    n = 0
+    for part in Path("/sys/devices/system/cpu/possible").read_text().strip().split(","):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return n
+
+
+def test_calico_num_queues(node: Node) -> None:
+    conf = calico_conf(node, num_queues=2)
+    pa = node.pod("pa")
+    r = node.cni("ADD", conf, cid="cq", netns=pa, args=K8S.format(pod="web-q"))
+    assert r.rc == 0, r.stdout
+    host = r.json["interfaces"][0]["name"]
+    hd = ip_json(node.ns, "-d", "link", "show", host)[0]
+    assert (hd["num_tx_queues"], hd["num_rx_queues"]) == (2, 2)
+    pd = ip_json(pa, "-d", "link", "show", "eth0")[0]
+    assert (pd["num_tx_queues"], pd["num_rx_queues"]) == (2, 2)
+    bad = node.cni("ADD", calico_conf(node, num_queues="many"), cid="cq2", netns=node.pod("pb"),
+                   args=K8S.format(pod="web-q2"))
+    assert bad.rc != 0 and bad.json["code"] == 7, bad.stdout
+    assert node.cni("DEL", conf, cid="cq", netns=pa, args=K8S.format(pod="web-q")).rc == 0
 
 
 def node_sysctl(node: Node, path: str) -> str:
@@ -395,6 +424,9 @@ def test_flannel_add_check_del(node: Node) -> None:
     assert links[port]["master"] == "cni0"
     detail = ip_json(node.ns, "-d", "link", "show", port)[0]
     assert detail["linkinfo"]["info_slave_data"]["hairpin"] is True
+    # queue counts left to the kernel (one per possible CPU), as the reference bridge plugin does
+    ncpu = _possible_cpus()
+    assert (detail["num_tx_queues"], detail["num_rx_queues"]) == (ncpu, ncpu)
 
     rb = node.cni("ADD", conf, cid="fb", netns=pb, args=K8S.format(pod="web-1"))
     assert rb.rc == 0
