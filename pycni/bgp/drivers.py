@@ -26,6 +26,7 @@ import structlog
 from pycni.atomic import write_atomic
 from pycni.bgp.exabgp_conf import SpeakerSettings, render
 from pycni.bgp.exabgp_process import ExaBgp
+from pycni.bgp.route_batch import RouteWrite, write_routes
 from pycni.calc.bgp import BgpSpec
 from pycni.cni.rtnl import Rtnl
 from pycni.constants import MAIN_TABLE, RTPROT_BGPD
@@ -162,6 +163,18 @@ class LearnedRoutes:
         else:
             self.fast.route_del(r.dst, proto=self.proto)
 
+    def _bulk(self, r: Route) -> RouteWrite | None:
+        """The batched write for a plain unicast main-table route with a device, else None."""
+        if self.fast is None or r.onlink or r.type != "unicast" or r.table != MAIN_TABLE or not r.oif:
+            return None
+        idx = self._ifindex.get(r.oif)
+        if idx is None:
+            li = self.fast.link_get(r.oif)
+            if li is None:
+                return None  # the single path reports "no such device"
+            idx = self._ifindex[r.oif] = li.index
+        return RouteWrite(dst=r.dst, proto=self.proto, oif=idx, gateway=r.gateway, scope=r.scope)
+
     def apply(self) -> bool:
         if not self._ready:
             return True
@@ -172,8 +185,28 @@ class LearnedRoutes:
             self._resync = False
         ok = True
         n_set = n_del = 0
+        # Bulk first (one send per ~500 routes, see route_batch), then whatever needs pyroute2.
+        single: list[Route] = []
+        bulk: list[tuple[Route, RouteWrite]] = []
         for dst, _ in self.tracker.pending_updates():
             r = self._routes[dst]
+            w = self._bulk(r)
+            if w is None:
+                single.append(r)
+            else:
+                bulk.append((r, w))
+        if bulk:
+            assert self.fast is not None
+            for (r, _), err in zip(bulk, write_routes(self.fast, [w for _, w in bulk]), strict=True):
+                if err:
+                    single.append(r)  # retried one by one: the error is logged with its route
+                    continue
+                self.tracker.on_dataplane_set(r.dst, _norm(r))
+                self._kernel[r.dst] = r
+                n_set += 1
+            log.debug("routes written in bulk", routes=len(bulk))
+        for r in single:
+            dst = r.dst
             try:
                 self._replace(r)
             except NetlinkError as e:
@@ -186,19 +219,25 @@ class LearnedRoutes:
             n_set += 1
             log.debug("route replaced", dst=str(dst), via=str(r.gateway), dev=r.oif)
         if not self.hold_deletions:
-            for dst, _ in self.tracker.pending_deletions():
-                r = self._kernel.get(dst) or Route(dst=dst, proto=self.proto, table=self.table)
-                try:
-                    self._delete(r)
-                except NetlinkError as e:
-                    if e.errno not in (errno.ESRCH, errno.ENOENT):
-                        ok = False
-                        log.warning("route delete failed", dst=str(dst), error=str(e))
-                        continue
+            gone = [(dst, self._kernel.get(dst) or Route(dst=dst, proto=self.proto, table=self.table))
+                    for dst, _ in self.tracker.pending_deletions()]
+            if self.fast is not None and self.table == MAIN_TABLE and gone:
+                dels = [RouteWrite(dst=d, proto=self.proto, delete=True) for d, _ in gone]
+                errs = write_routes(self.fast, dels)
+            else:
+                errs = [-1] * len(gone)  # -1: not tried in bulk
+            for (dst, r), err in zip(gone, errs, strict=True):
+                if err == -1 or (err and err not in (errno.ESRCH, errno.ENOENT)):
+                    try:
+                        self._delete(r)
+                    except NetlinkError as e:
+                        if e.errno not in (errno.ESRCH, errno.ENOENT):
+                            ok = False
+                            log.warning("route delete failed", dst=str(dst), error=str(e))
+                            continue
                 self.tracker.on_dataplane_deleted(dst)
                 self._kernel.pop(dst, None)
                 n_del += 1
-                log.debug("route deleted", dst=str(dst))
         if n_set or n_del:
             log.info("routes applied", replaced=n_set, deleted=n_del, total=len(self._routes))
         return ok

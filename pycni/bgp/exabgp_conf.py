@@ -13,6 +13,8 @@ Why these settings:
   announcer has caught up.
 - `adj-rib-out true`: exabgp keeps what the API announced and replays it when a session
   re-establishes, so a flapping session needs no help from bgpd.
+- `adj-rib-in false`: bgpd keeps what each peer sent (the speaker's learned keys, with its own
+  graceful-restart handling), so exabgp's copy was only cost: ~15% of its CPU per received route.
 - `capability { graceful-restart N; }`: peers keep our routes for N seconds while we restart.
 - `passive` only when a peer asks for it: between pycni nodes both sides dial (see
   `pycni.calc.bgp`), exabgp listens on the node address and resolves the collision.
@@ -59,6 +61,7 @@ def render(settings: SpeakerSettings, peers: Sequence[BgpPeer]) -> str:
         f"        local-as {settings.local_as};",
         f"        hold-time {settings.hold_time};",
         "        adj-rib-out true;",
+        "        adj-rib-in false;",
         "        manual-eor true;",
         "        group-updates true;",
         f"        family {{ {fams} }}",

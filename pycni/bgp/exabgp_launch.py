@@ -1,5 +1,5 @@
-"""Start exabgp 5 with two hot-path fixes: no deepcopy of a route that does not say `next-hop self`,
-and no reactor sleep while queued API work is pending.
+"""Start exabgp 5 with three hot-path fixes: no deepcopy of a route that does not say `next-hop self`,
+no reactor sleep while queued API work is pending, and queued API work run without an event loop.
 
 exabgp's `Configuration.inject_change` hands every route given through the API to each named
 neighbour through `Neighbor.remove_self`, which deep-copies the route first, whether or not it has
@@ -15,6 +15,13 @@ holds work. 1000 prefixes took 20 turns and ~0.2 s of pure sleep. With work pend
 not wait (it still reads what is ready); idle, the loop sleeps exactly as before, so idle CPU is
 unchanged.
 
+Queued API work (`reactor/asynchronous.py:ASYNC.run`) is a generator per command that yields once
+per prefix; exabgp runs it through `asyncio.run`, a new event loop on every reactor turn, for 50
+yields at most. When every queued item is a plain generator (all the commands bgpd sends), the
+launcher steps them directly for up to API_TURN_BUDGET (20 ms) per turn, then gives the peers their
+turn as before; an exception is logged and answered to the service as exabgp does. Coroutines
+still take exabgp's own path.
+
 Nothing else is touched, and if the internals moved (another exabgp version) the launcher leaves
 that part of exabgp as it is.
 
@@ -23,8 +30,10 @@ Run as `python exabgp_launch.py server CONF` (stdlib + exabgp only, readable by 
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import time
 from typing import Any
 
 
@@ -70,9 +79,55 @@ def _patch_reactor() -> bool:
     return True
 
 
+#: How long one reactor turn may spend on queued API work before the peers get their turn again (s).
+API_TURN_BUDGET = 0.02
+
+
+def _patch_async() -> bool:
+    try:
+        from exabgp.logger import log
+        from exabgp.reactor.asynchronous import ASYNC
+    except ImportError:
+        return False
+    original = getattr(ASYNC, "run", None)
+    if original is None or not hasattr(ASYNC, "_run_async") or not hasattr(ASYNC(), "_async"):
+        return False
+
+    def run(self: Any) -> Any:
+        queue = self._async
+        if not queue:
+            return False
+        if any(not inspect.isgenerator(cb) for _, cb in queue):
+            return original(self)  # coroutines: exabgp's own event-loop path
+        deadline = time.monotonic() + API_TURN_BUDGET
+        steps = 0
+        uid, callback = queue.popleft()
+        while True:
+            try:
+                next(callback)
+            except StopIteration:
+                if not queue:
+                    return False
+                uid, callback = queue.popleft()
+            except Exception as exc:  # noqa: BLE001 - as exabgp does: log, answer the service, go on
+                log.error(lambda uid=uid, exc=exc: f"async | {uid} | problem with function: {exc}", "reactor")
+                self._notify_error(uid)
+                if not queue:
+                    return False
+                uid, callback = queue.popleft()
+            steps += 1
+            if steps % 64 == 0 and time.monotonic() >= deadline:
+                queue.appendleft((uid, callback))
+                return True
+
+    ASYNC.run = run  # type: ignore[method-assign]
+    return True
+
+
 def main() -> int:
     _patch()
     _patch_reactor()
+    _patch_async()
     from exabgp.application.main import main as exabgp_main
 
     sys.argv[0] = "exabgp"

@@ -1,0 +1,1 @@
+"""Debugging aids that are off unless asked for (no daemon imports this on its normal path)."""
