@@ -172,4 +172,64 @@ def format_result(result: dict[str, Any], version: str) -> dict[str, Any]:
 
 
 def dumps(obj: Any) -> bytes:
-    return json.dumps(obj, indent=4).encode() + b"\n"
+    """`json.dumps(obj, indent=4)` + newline (Go's MarshalIndent layout, as the reference prints).
+
+    With `indent` the json module uses its pure-Python encoder (~0.1 ms for an ADD result in the
+    agent); results are plain dicts, lists, strings and numbers, so a direct recursive writer gives
+    the same bytes in about a quarter of the time. Anything else falls back to json.dumps."""
+    try:
+        parts: list[str] = []
+        _indent4(obj, parts, "\n")
+        text = "".join(parts)
+    except _Unusual:
+        text = json.dumps(obj, indent=4)
+    return text.encode() + b"\n"
+
+
+class _Unusual(Exception):
+    """A value the fast writer leaves to json.dumps (non-str keys, floats, other types)."""
+
+
+_esc = json.encoder.encode_basestring_ascii  # json.dumps's own (C) string encoder, ensure_ascii
+
+
+def _indent4(o: Any, out: list[str], nl: str) -> None:
+    t = type(o)
+    if t is str:
+        out.append(_esc(o))
+    elif t is dict:
+        if not o:
+            out.append("{}")
+            return
+        inner = nl + "    "
+        sep = "{" + inner
+        for k, v in o.items():
+            if type(k) is not str:
+                raise _Unusual
+            out.append(sep)
+            out.append(_esc(k))
+            out.append(": ")
+            _indent4(v, out, inner)
+            sep = "," + inner
+        out.append(nl + "}")
+    elif t is list:
+        if not o:
+            out.append("[]")
+            return
+        inner = nl + "    "
+        sep = "[" + inner
+        for v in o:
+            out.append(sep)
+            _indent4(v, out, inner)
+            sep = "," + inner
+        out.append(nl + "]")
+    elif o is None:
+        out.append("null")
+    elif o is True:
+        out.append("true")
+    elif o is False:
+        out.append("false")
+    elif t is int:
+        out.append(int.__repr__(o))
+    else:
+        raise _Unusual

@@ -163,3 +163,34 @@ def test_netns_override() -> None:
 
 def test_parse_cni_args() -> None:
     assert spec.parse_cni_args("A=1;B=;;C=x=y") == {"A": "1", "B": "", "C": "x=y"}
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {
+            "cniVersion": "1.0.0",
+            "interfaces": [
+                {"name": "cni0", "mac": "aa:bb:cc:dd:ee:ff"},
+                {"name": "eth0", "sandbox": "/run/netns/x"},
+            ],
+            "ips": [{"address": "10.0.0.2/24", "gateway": "10.0.0.1", "interface": 1}],
+            "routes": [{"dst": "0.0.0.0/0", "gw": "10.0.0.1"}],
+            "dns": {},
+        },
+        {"a": [], "b": {}, "c": [[], {}, [1, [2, {"x": None}]]], "d": True, "e": False},
+        {"g": 'ü\u2028"\\\n\t\x00\x7f'},
+        {"big": 2**70, "neg": -3, "zero": 0},
+        [],
+        {},
+        "s",
+        None,
+        {"float": 1.5},  # falls back to json.dumps
+        {1: "int key"},
+        {"tuple": (1, [2])},
+    ],
+)
+def test_dumps_is_json_dumps_indent_4(obj: object) -> None:
+    import json
+
+    assert spec.dumps(obj) == (json.dumps(obj, indent=4) + "\n").encode()
