@@ -235,6 +235,19 @@ def _read_subnet_env(path: str) -> FlannelEnv:
         raise CniError(spec.ERR_INVALID_NETWORK_CONFIG, f"bad value in {path}", str(e)) from None
 
 
+_home = threading.local()
+
+
+def _own_netns() -> tuple[int, int]:
+    """(dev, inode) of the calling thread's own network namespace, looked up once per thread (a
+    thread that visits a pod namespace always comes back, see `rtnl.NetnsScope`)."""
+    own = getattr(_home, "netns", None)
+    if own is None:
+        st = os.stat("/proc/thread-self/ns/net")
+        own = _home.netns = (st.st_dev, st.st_ino)
+    return own
+
+
 def _open_netns(path: str) -> int:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -244,8 +257,8 @@ def _open_netns(path: str) -> int:
         ) from None
     # skel refuses the plugin's own namespace as the container's: wiring a "pod" into the host
     # namespace would rename and re-address the host's own interfaces.
-    st, home = os.fstat(fd), os.stat("/proc/thread-self/ns/net")
-    if (st.st_dev, st.st_ino) == (home.st_dev, home.st_ino):
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) == _own_netns():
         os.close(fd)
         raise CniError(spec.ERR_INVALID_NETNS, "netns is the plugin's own namespace", path)
     return fd
@@ -656,6 +669,7 @@ class CniPlugin:
                 if wired.ip_masq or not self._after_reply(a.container_id, record):
                     record()
                 undo.pop_all()
+                pod.close()  # (undo's close is dropped with the rest on success)
                 return result
         except NetlinkError as e:
             raise CniError(spec.ERR_INTERNAL, f"netlink: {e}") from None
