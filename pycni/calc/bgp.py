@@ -270,12 +270,6 @@ def _affinity(key: str, value: str, nodename: str) -> IPNetwork | None:
     return parsed[1] if aff.state == STATE_CONFIRMED and not aff.deleted else None
 
 
-def own_blocks(snap: Snapshot, nodename: str) -> list[IPNetwork]:
-    items = snap.items(f"{HOST_PREFIX}{nodename}/")
-    out = [b for k, v in items if (b := _affinity(k, v, nodename)) is not None]
-    return sorted(out, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
-
-
 @functools.lru_cache(maxsize=131072)
 def _learned(key: str, value: str) -> tuple[IPAddress, IPNetwork, RouteAttrs] | None:
     """Parse one learned-route record (memoised: calc runs on every batch, records rarely change)."""
@@ -449,23 +443,16 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
     pools, pool_index = _pools(tuple(snap.items(IPPOOLS_PREFIX)))
     program = cfg.program_cluster_routes if cfg is not None else ""
 
-    blocks = own_blocks(snap, ctx.nodename)
-    block_index = _Nets((b, b) for b in blocks)
-    exported = []
-    for b in blocks:
-        pool = pool_index.containing(b)
-        if pool is not None and (pool.disabled or pool.disable_bgp_export):
-            continue
-        exported.append(b)
+    memo = _memo(snap, ctx.nodename)
+    blocks, exported = memo.blocks(snap, ctx.nodename, pool_index)
 
     # Our address, not "self": same meaning for every session (they all use the node address), and
     # exabgp deep-copies every "self" route per neighbour to rewrite it (see exabgp_launch.py).
-    memo = _memo(snap, ctx.nodename)
     ann = memo.own_announcements(tuple(p.address for p in peers), Announcement(next_hop=str(my_ip)), exported)
-    sig = (tuple(peers), cluster, my_iface, pool_index, program, tuple(blocks), local_as, ctx)
+    sig = (tuple(peers), cluster, my_iface, pool_index, program, blocks, local_as, ctx)
     routes, reflected = memo.learned(snap, sig, _Learned(
         peers=peers, peer_by_addr=peer_by_addr, cluster=cluster, router_id=str(my_ip), my_iface=my_iface,
-        block_index=block_index if blocks else None, pool_index=pool_index, program=program,
+        block_index=functools.partial(memo.block_index, blocks), pool_index=pool_index, program=program,
         local_as=local_as, ctx=ctx))
     for r in reflected:
         ann.update(r)
@@ -476,7 +463,7 @@ def calc(snap: Snapshot, ctx: BgpContext) -> BgpSpec:
     all_eor = all(sess.get(p.address, PeerSession()).eor for p in peers)
     return BgpSpec(
         ready=True, router_id=router_id, local_address=str(my_ip), local_as=local_as, cluster_id=cluster,
-        peers=tuple(peers), own_blocks=tuple(exported), announcements=ann, routes=routes,
+        peers=tuple(peers), own_blocks=exported, announcements=ann, routes=routes,
         hold_deletions=not (window_closed or all_eor), sessions=sess,
     )
 
@@ -492,7 +479,7 @@ class _Learned:
     cluster: str
     router_id: str
     my_iface: IPInterface
-    block_index: _Nets | None
+    block_index: Callable[[], _Nets | None]  # built on first use (a node with no learned routes: never)
     pool_index: _Nets
     program: str
     local_as: int
@@ -506,7 +493,8 @@ class _Learned:
             return False
         if attrs.originator_id == self.router_id or attrs.next_hop == self.my_iface.ip:
             return False
-        return not (self.block_index is not None and self.block_index.overlapping(prefix))
+        index = self.block_index()
+        return not (index is not None and index.overlapping(prefix))
 
     def result(self, prefix: IPNetwork, cands: dict[IPAddress, RouteAttrs]
                ) -> tuple[Route | None, dict[tuple[IPAddress, IPNetwork], Announcement]]:
@@ -558,25 +546,74 @@ class _Memo:
         self.routes: dict[IPNetwork, Route] = {}
         self.refl: dict[IPNetwork, dict[tuple[IPAddress, IPNetwork], Announcement]] = {}
         self.own_sig: tuple[Any, ...] | None = None
-        self.own_blocks: tuple[IPNetwork, ...] = ()
         self.own: dict[tuple[IPAddress, IPNetwork], Announcement] = {}
+        self.pools_for: _Nets | None = None
+        self.block_items: dict[str, str] = {}
+        self.block_of: dict[str, tuple[tuple[int, int, int], IPNetwork, bool]] = {}
+        self.block_tuple: tuple[IPNetwork, ...] = ()
+        self.exported_tuple: tuple[IPNetwork, ...] = ()
+        self.exp_added: list[IPNetwork] = []  # exported blocks that came / went since own_announcements
+        self.exp_removed: list[IPNetwork] = []
+        self.index_for: tuple[IPNetwork, ...] | None = None
+        self.index: _Nets | None = None
 
-    def own_announcements(self, peers: tuple[IPAddress, ...], own: Announcement, exported: list[IPNetwork]
-                          ) -> dict[tuple[IPAddress, IPNetwork], Announcement]:
-        """{(peer, block): own} for every peer and exported block (a new dict, patched from the last)."""
+    def blocks(self, snap: Snapshot, nodename: str, pool_index: _Nets
+               ) -> tuple[tuple[IPNetwork, ...], tuple[IPNetwork, ...]]:
+        """Our confirmed affine blocks in address order, and those we export (not in a disabled
+        pool or one with disableBGPExport): the same tuple objects while nothing changed. The
+        exported blocks that came or went since the last call are queued for own_announcements."""
+        cur = snap.range(f"{HOST_PREFIX}{nodename}/")
+        if pool_index is not self.pools_for:  # pools changed: every block's export decision may have
+            self.pools_for, self.block_items, self.block_of = pool_index, {}, {}
+            self.own_sig = None  # and the announcements are rebuilt from scratch
+        prev = self.block_items
+        changed = [k for k, v in cur.items() if prev.get(k) is not v]
+        gone = prev.keys() - cur.keys() if len(prev) + len(changed) != len(cur) else ()
+        if not changed and not gone:
+            return self.block_tuple, self.exported_tuple
+        for k in (*gone, *changed):
+            old = self.block_of.pop(k, None)
+            if old is not None and old[2]:
+                self.exp_removed.append(old[1])
+            v = cur.get(k)
+            b = _affinity(k, v, nodename) if v is not None else None
+            if b is not None:
+                pool = pool_index.containing(b)
+                export = pool is None or not (pool.disabled or pool.disable_bgp_export)
+                self.block_of[k] = ((b.version, int(b.network_address), b.prefixlen), b, export)
+                if export:
+                    self.exp_added.append(b)
+        self.block_items = cur
+        ordered = sorted(self.block_of.values(), key=lambda e: e[0])
+        self.block_tuple = tuple(e[1] for e in ordered)
+        self.exported_tuple = tuple(e[1] for e in ordered if e[2])
+        return self.block_tuple, self.exported_tuple
+
+    def block_index(self, blocks: tuple[IPNetwork, ...]) -> _Nets | None:
+        if not blocks:
+            return None
+        if self.index_for is not blocks:
+            self.index_for, self.index = blocks, _Nets((b, b) for b in blocks)
+        return self.index
+
+    def own_announcements(self, peers: tuple[IPAddress, ...], own: Announcement,
+                          blocks: tuple[IPNetwork, ...]) -> dict[tuple[IPAddress, IPNetwork], Announcement]:
+        """{(peer, block): own} for every peer and exported block: a new dict, patched from the last
+        with the blocks that came and went (unchanged entries keep their value objects, which the
+        announcer compares by identity first)."""
+        added, removed = self.exp_added, self.exp_removed
+        self.exp_added, self.exp_removed = [], []
         if self.own_sig != (peers, own):
-            self.own_sig, self.own_blocks, self.own = (peers, own), (), {}
-        blocks = tuple(exported)
-        if blocks != self.own_blocks:
-            old, new = set(self.own_blocks), set(blocks)
-            for b in old - new:
-                for p in peers:
-                    del self.own[(p, b)]
-            for b in blocks:
-                if b not in old:
-                    for p in peers:
-                        self.own[(p, b)] = own
-            self.own_blocks = blocks
+            self.own_sig = (peers, own)
+            self.own = {(p, b): own for b in blocks for p in peers}
+            return dict(self.own)
+        own = self.own_sig[1]
+        for b in removed:
+            for p in peers:
+                self.own.pop((p, b), None)
+        for b in added:
+            for p in peers:
+                self.own[(p, b)] = own
         return dict(self.own)
 
     def learned(self, snap: Snapshot, sig: tuple[Any, ...], how: _Learned

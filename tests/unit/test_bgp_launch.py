@@ -48,3 +48,55 @@ def test_reactor_polls_without_sleeping_while_api_work_is_queued() -> None:
         assert idle._poller.timeouts == [10]
     finally:
         Reactor._wait_for_io = original  # type: ignore[method-assign]
+
+
+def test_api_work_runs_without_an_event_loop_and_errors_are_answered() -> None:
+    from exabgp.environment import getenv
+    from exabgp.logger import log
+    from exabgp.reactor.asynchronous import ASYNC
+
+    log.init(getenv())  # exabgp's logger must be set up before any log call
+    original = ASYNC.run
+    try:
+        assert exabgp_launch._patch_async()
+        done: list[str] = []
+        errors: list[str] = []
+
+        def work(name: str, steps: int, fail: bool = False) -> Any:
+            for i in range(steps):
+                done.append(f"{name}{i}")
+                yield False
+            if fail:
+                raise ValueError("bad route")
+
+        a = ASYNC()
+        a.set_error_handler(errors.append)
+        a.schedule("svc1", "cmd1", work("a", 3, fail=True))
+        a.schedule("svc2", "cmd2", work("b", 2))
+        assert a.run() is False  # everything ran in one turn (well inside the 20 ms budget)
+        assert done == ["a0", "a1", "a2", "b0", "b1"] and errors == ["svc1"] and a.ready()
+        # a long command yields the turn when the budget is spent, and resumes where it stopped
+        a.schedule("svc3", "cmd3", work("c", 10**7))
+        assert a.run() is True and not a.ready()
+        n = len(done)
+        assert 5 < n < 5 + 10**7
+        assert a.run() is True and len(done) > n
+        a.clear()
+    finally:
+        ASYNC.run = original  # type: ignore[method-assign]
+
+
+def test_family_is_one_shared_object_per_address_family() -> None:
+    from exabgp.protocol.family import AFI, SAFI, Family
+
+    original = Family.family
+    try:
+        assert exabgp_launch._patch_family()
+        one = Family(AFI.ipv4, SAFI.unicast)
+        two = Family(AFI.ipv4, SAFI.unicast)
+        v6 = Family(AFI.ipv6, SAFI.unicast)
+        assert one.family() is two.family() and one.family() == one
+        assert one.family().afi_safi() == (AFI.ipv4, SAFI.unicast)
+        assert v6.family() is not one.family() and v6.family().afi_safi() == (AFI.ipv6, SAFI.unicast)
+    finally:
+        Family.family = original  # type: ignore[method-assign]
