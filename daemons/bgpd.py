@@ -174,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         agent.call_soon(announcer.exabgp_restarted)
         agent.queue_resync()
 
+    def on_events(evs: list[Any]) -> None:
+        speaker.handle_many(evs)
+
     exa = ExaBgp(conf_path=os.path.join(run_dir, "exabgp.conf"),
                  api_socket=os.path.join(run_dir, "exabgp-api.sock"),
-                 on_event=on_event, on_restart=on_restart, port=args.bgp_port, user=args.exabgp_user,
+                 on_event=on_event, on_events=on_events, on_restart=on_restart, port=args.bgp_port,
+                 user=args.exabgp_user,
                  exabgp=args.exabgp or None,
                  extra_env=dict(kv.split("=", 1) for kv in args.exabgp_env if "=" in kv))
     config = ExaBgpConfig(exa, hold_time=args.hold_time, graceful_restart=args.graceful_restart)

@@ -25,7 +25,7 @@ from typing import Any, Generic, TypeVar
 import structlog
 
 from pycni.dataplane.netlink import Driver
-from pycni.datastore import Emit, Event, SyncStatus, Update
+from pycni.datastore import Batch, Emit, Event, SyncStatus, Update
 from pycni.datastore.snapshot import Snapshot
 from pycni.testing.clock import Clock, SystemClock
 
@@ -168,6 +168,9 @@ class Agent(Generic[S]):
         ev = item.event
         if isinstance(ev, Update):
             self.snapshot.apply(ev)
+        elif isinstance(ev, Batch):
+            for u in ev.updates:
+                self.snapshot.apply(u)
         else:
             was = self.snapshot.in_sync
             self.snapshot.set_status(item.source, ev)

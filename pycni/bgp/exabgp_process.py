@@ -58,10 +58,12 @@ class ExaBgp:
         log_path: str | None = None,
         ack_timeout: float = 30.0,
         extra_env: Mapping[str, str] | None = None,
+        on_events: Callable[[list[BgpEvent]], None] | None = None,
     ) -> None:
         self.conf_path = conf_path
         self.api_socket = api_socket
         self._on_event = on_event
+        self._on_events = on_events  # when given: the events of one line in one call
         self._on_restart = on_restart
         self.bind = bind
         self.port = port
@@ -306,16 +308,24 @@ class ExaBgp:
                 continue
             if line not in ("done", "error"):
                 log.debug("exabgp line", line=line)
+            events: list[BgpEvent] = []
             for ev in exabgp_api.decode(line):
                 if isinstance(ev, Ack):
                     with self._cond:
                         self._acks.append(ev.ok)
                         self._cond.notify_all()
                 else:
-                    try:
+                    events.append(ev)
+            if not events:
+                continue
+            try:
+                if self._on_events is not None:
+                    self._on_events(events)  # one UPDATE's routes together
+                else:
+                    for ev in events:
                         self._on_event(ev)
-                    except Exception:
-                        log.exception("bgp event handler failed", bgp_event=repr(ev))
+            except Exception:
+                log.exception("bgp event handler failed", bgp_events=len(events), first=repr(events[0]))
         log.warning("exabgp api disconnected")
         with self._cond:
             if self._conn is conn:

@@ -30,7 +30,7 @@ import structlog
 
 from pycni.bgp.exabgp_api import BgpEvent, EndOfRib, IPAddress, PeerState, RouteAnnounce, RouteWithdraw
 from pycni.calc.bgp import RESTART_WINDOW_KEY, learned_key, peer_state_key
-from pycni.datastore import Emit, SyncStatus, Update
+from pycni.datastore import Batch, Emit, SyncStatus, Update
 from pycni.testing.clock import Clock, SystemClock
 
 log = structlog.get_logger(__name__)
@@ -53,6 +53,7 @@ class Speaker:
         self._state: dict[IPAddress, dict[str, object]] = {}
         self._rev = 0
         self._attrs_json: tuple[object, str] = (None, "")  # the last attributes and their JSON
+        self._batch: list[Update] | None = None  # collecting (handle_many) instead of emitting
 
     def start(self) -> None:
         self._emit(SyncStatus.IN_SYNC)
@@ -65,7 +66,10 @@ class Speaker:
 
     def _put(self, key: str, value: str | None) -> None:
         self._rev += 1
-        self._emit(Update(key, value, self._rev))
+        if self._batch is not None:
+            self._batch.append(Update(key, value, self._rev))
+        else:
+            self._emit(Update(key, value, self._rev))
 
     def _set_state(self, peer: IPAddress, **kw: object) -> None:
         st = self._state.setdefault(peer, {"state": "down", "since": 0.0, "eor": False, "session": 0})
@@ -80,29 +84,44 @@ class Speaker:
     # -- events ---------------------------------------------------------------------------------
     def handle(self, ev: BgpEvent) -> None:
         with self._lock:
-            if isinstance(ev, RouteAnnounce):
-                k = learned_key(ev.peer, ev.prefix)
-                self._routes.setdefault(ev.peer, set()).add(k)
-                self._stale.get(ev.peer, set()).discard(k)
-                # the routes of one UPDATE share one RouteAttrs object: encode it once
-                cached, text = self._attrs_json
-                if cached is not ev.attrs:
-                    text = json.dumps(ev.attrs.to_json(), sort_keys=True)
-                    self._attrs_json = (ev.attrs, text)
-                self._put(k, text)
-            elif isinstance(ev, RouteWithdraw):
-                k = learned_key(ev.peer, ev.prefix)
-                self._routes.get(ev.peer, set()).discard(k)
-                self._stale.get(ev.peer, set()).discard(k)
-                self._put(k, None)
-            elif isinstance(ev, EndOfRib):
-                stale = self._stale.pop(ev.peer, set())
-                if stale:
-                    log.info("stale routes swept at end-of-rib", peer=str(ev.peer), routes=len(stale))
-                self._drop(ev.peer, stale)
-                self._set_state(ev.peer, eor=True)
-            elif isinstance(ev, PeerState):
-                self._peer_state(ev.peer, ev.state, ev.reason)
+            self._handle(ev)
+
+    def handle_many(self, evs: list[BgpEvent]) -> None:
+        """The events of one exabgp line (one UPDATE: up to hundreds of routes), emitted as one Batch."""
+        with self._lock:
+            self._batch = []
+            try:
+                for ev in evs:
+                    self._handle(ev)
+            finally:
+                batch, self._batch = self._batch, None
+                if batch:
+                    self._emit(batch[0] if len(batch) == 1 else Batch(tuple(batch)))
+
+    def _handle(self, ev: BgpEvent) -> None:
+        if isinstance(ev, RouteAnnounce):
+            k = learned_key(ev.peer, ev.prefix)
+            self._routes.setdefault(ev.peer, set()).add(k)
+            self._stale.get(ev.peer, set()).discard(k)
+            # the routes of one UPDATE share one RouteAttrs object: encode it once
+            cached, text = self._attrs_json
+            if cached is not ev.attrs:
+                text = json.dumps(ev.attrs.to_json(), sort_keys=True)
+                self._attrs_json = (ev.attrs, text)
+            self._put(k, text)
+        elif isinstance(ev, RouteWithdraw):
+            k = learned_key(ev.peer, ev.prefix)
+            self._routes.get(ev.peer, set()).discard(k)
+            self._stale.get(ev.peer, set()).discard(k)
+            self._put(k, None)
+        elif isinstance(ev, EndOfRib):
+            stale = self._stale.pop(ev.peer, set())
+            if stale:
+                log.info("stale routes swept at end-of-rib", peer=str(ev.peer), routes=len(stale))
+            self._drop(ev.peer, stale)
+            self._set_state(ev.peer, eor=True)
+        elif isinstance(ev, PeerState):
+            self._peer_state(ev.peer, ev.state, ev.reason)
 
     def _peer_state(self, peer: IPAddress, state: str, reason: str = "") -> None:
         was = self._state.get(peer, {}).get("state")

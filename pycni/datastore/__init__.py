@@ -48,7 +48,15 @@ class Update:
     revision: int
 
 
-Event = Update | SyncStatus
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Updates that arrived together (the routes of one BGP UPDATE), queued and applied as one event:
+    the agent then wakes once per batch instead of once per key. Datastores emit single Updates."""
+
+    updates: tuple[Update, ...]
+
+
+Event = Update | SyncStatus | Batch
 Emit = Callable[[Event], None]
 
 
@@ -90,4 +98,4 @@ class Datastore(Protocol):
 # The factory (below the protocol it returns; it imports no client until one is asked for).
 from pycni.datastore.factory import open_datastore  # noqa: E402
 
-__all__ = ["Datastore", "Emit", "Event", "SyncStatus", "Update", "Versioned", "open_datastore"]
+__all__ = ["Batch", "Datastore", "Emit", "Event", "SyncStatus", "Update", "Versioned", "open_datastore"]

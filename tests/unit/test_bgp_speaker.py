@@ -13,7 +13,7 @@ from pycni.bgp.speaker import Speaker
 from pycni.calc.bgp import RESTART_WINDOW_KEY, BgpPeer, BgpSpec, PeerSession, learned_key, peer_state_key
 from pycni.constants import RTPROT_BGPD
 from pycni.dataplane.netlink import Route
-from pycni.datastore import Event, SyncStatus, Update
+from pycni.datastore import Batch, Event, SyncStatus, Update
 from pycni.errors import Transient
 from pycni.testing.clock import FakeClock
 
@@ -29,11 +29,12 @@ class Sink:
 
     def __call__(self, ev: Event) -> None:
         self.events.append(ev)
-        if isinstance(ev, Update):
-            if ev.value is None:
-                self.state.pop(ev.key, None)
-            else:
-                self.state[ev.key] = ev.value
+        for u in ev.updates if isinstance(ev, Batch) else (ev,):
+            if isinstance(u, Update):
+                if u.value is None:
+                    self.state.pop(u.key, None)
+                else:
+                    self.state[u.key] = u.value
 
 
 def ann(prefix: str, peer: ipaddress.IPv4Address = P) -> RouteAnnounce:
@@ -253,3 +254,29 @@ def test_learned_routes_hold_deletions_until_released_then_sweep_and_repair() ->
     del nl.table[want.dst]  # deleted by hand
     drv.queue_resync()
     assert drv.apply() and nl.table[want.dst] == want
+
+
+def test_one_update_line_is_one_batch_and_the_agent_applies_it_whole() -> None:
+    from pycni.agent import Agent
+
+    sink = Sink()
+    sp = Speaker(sink, clock=FakeClock())
+    sp.handle(PeerState(P, "up"))
+    routes = [ann(f"10.244.{i}.0/26") for i in range(50)] + [RouteWithdraw(P, net("10.244.0.0/26"))]
+    sp.handle_many(list(routes))
+    assert isinstance(sink.events[-1], Batch) and len(sink.events[-1].updates) == 51
+    assert learned_key(P, net("10.244.0.0/26")) not in sink.state
+    assert learned_key(P, net("10.244.49.0/26")) in sink.state
+    sp.handle_many([ann("10.244.60.0/26")])
+    assert isinstance(sink.events[-1], Update)  # a single route is not wrapped
+    # the agent applies a batch as the updates it holds
+    seen: list[int] = []
+    agent: Agent[int] = Agent(name="t", calc=lambda s: seen.append(len(s)) or len(s), bindings=[],
+                              sources=("bgp",))
+    emit = agent.emitter("bgp")
+    emit(SyncStatus.IN_SYNC)
+    for ev in sink.events:
+        if not isinstance(ev, SyncStatus):
+            emit(ev)
+    agent.step()
+    assert seen == [len(sink.state)] and agent.snapshot.get(learned_key(P, net("10.244.1.0/26"))) is not None
