@@ -89,9 +89,12 @@ def test_api_work_runs_without_an_event_loop_and_errors_are_answered() -> None:
 def test_family_is_one_shared_object_per_address_family() -> None:
     from exabgp.protocol.family import AFI, SAFI, Family
 
-    original = Family.family
+    original, original_index = Family.family, Family.index
+    before = Family(AFI.ipv6, SAFI.unicast).index()
     try:
         assert exabgp_launch._patch_family()
+        assert Family(AFI.ipv4, SAFI.unicast).index() == b"0101"
+        assert Family(AFI.ipv6, SAFI.unicast).index() == before
         one = Family(AFI.ipv4, SAFI.unicast)
         two = Family(AFI.ipv4, SAFI.unicast)
         v6 = Family(AFI.ipv6, SAFI.unicast)
@@ -99,4 +102,47 @@ def test_family_is_one_shared_object_per_address_family() -> None:
         assert one.family().afi_safi() == (AFI.ipv4, SAFI.unicast)
         assert v6.family() is not one.family() and v6.family().afi_safi() == (AFI.ipv6, SAFI.unicast)
     finally:
-        Family.family = original  # type: ignore[method-assign]
+        Family.family, Family.index = original, original_index  # type: ignore[method-assign]
+
+
+def test_update_prefixes_are_sorted_by_key_into_exabgps_own_order() -> None:
+    import random
+
+    from exabgp.bgp.message import Action
+    from exabgp.bgp.message.update import Update
+    from exabgp.protocol.family import AFI, SAFI
+
+    class Nlri:  # the parts of an exabgp NLRI `_split_nlris` reads
+        afi, safi, action = AFI.ipv4, SAFI.unicast, Action.ANNOUNCE
+
+        def __init__(self, n: int) -> None:
+            self.n = n
+            self.nexthop = type("NH", (), {"afi": AFI.ipv4})()
+            self.calls = 0
+
+        def index(self) -> bytes:
+            self.calls += 1
+            return b"0101" + self.n.to_bytes(4, "big")
+
+        def __lt__(self, other: Any) -> bool:
+            return bool(self.index() < other.index())
+
+        def family(self) -> Any:
+            return type("F", (), {"afi_safi": lambda _s: (AFI.ipv4, SAFI.unicast)})()
+
+    negotiated = type("Neg", (), {"families": [(AFI.ipv4, SAFI.unicast)]})()
+    nums = random.Random(3).sample(range(100000), 500)
+    plain = Update.__new__(Update)
+    plain.nlris = [Nlri(n) for n in nums]
+    expected = [x.n for x in Update._split_nlris(plain, negotiated)[0]]
+    plain_calls = sum(x.calls for x in plain.nlris)
+    original = Update._split_nlris
+    try:
+        assert exabgp_launch._patch_update_sort()
+        fast = Update.__new__(Update)
+        fast.nlris = [Nlri(n) for n in nums]
+        got = [x.n for x in Update._split_nlris(fast, negotiated)[0]]
+        assert got == expected == sorted(nums)
+        assert sum(x.calls for x in fast.nlris) * 3 < plain_calls  # 500 keys + ~1000 in-order checks
+    finally:
+        Update._split_nlris = original  # type: ignore[method-assign]
