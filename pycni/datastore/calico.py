@@ -29,13 +29,14 @@ ipipMode/vxlanMode Never when empty, nodeSelector `all()`.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import ipaddress
 import json
 import re
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import structlog
 
@@ -1031,7 +1032,7 @@ def decode_all(items: Iterable[tuple[str, str]], expect: type[R]) -> Iterator[R]
     """
     for key, value in items:
         try:
-            res = decode(key, value, expect)
+            res = _decode_memo(key, value, cast(Any, expect))
         except Invalid as e:
             # Once per bad value, not once per recalculation.
             if _reported.get(key) != value:
@@ -1044,6 +1045,13 @@ def decode_all(items: Iterable[tuple[str, str]], expect: type[R]) -> Iterator[R]
 
 
 _reported: dict[str, str] = {}
+
+
+@functools.lru_cache(maxsize=8192)
+def _decode_memo(key: str, value: str, expect: Any) -> Any:
+    """decode(), remembered per record: a daemon's calc runs on every batch of changes and decodes
+    the same unchanged records each time (resources are frozen; a bad record raises every time)."""
+    return decode(key, value, expect)
 
 
 # ----------------------------------------------------------------------------------------------
