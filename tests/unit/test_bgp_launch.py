@@ -146,3 +146,22 @@ def test_update_prefixes_are_sorted_by_key_into_exabgps_own_order() -> None:
         assert sum(x.calls for x in fast.nlris) * 3 < plain_calls  # 500 keys + ~1000 in-order checks
     finally:
         Update._split_nlris = original  # type: ignore[method-assign]
+
+
+def test_sessions_it_dials_have_nagle_off() -> None:
+    import socket
+
+    from exabgp.reactor.network.outgoing import Outgoing
+
+    original = Outgoing.success
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        Outgoing.success = lambda self: "connected"  # type: ignore[method-assign]
+        assert exabgp_launch._patch_nodelay()
+        dialed: Any = type("Dialed", (), {"io": sock})()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        assert Outgoing.success(dialed) == "connected"  # exabgp's own success() still runs
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        Outgoing.success = original  # type: ignore[method-assign]
+        sock.close()
