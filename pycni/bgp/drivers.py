@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
+from collections.abc import Mapping
 from dataclasses import replace
 
 import structlog
@@ -107,6 +108,7 @@ class LearnedRoutes:
         self.table = table
         self.tracker: DeltaTracker[IPNetwork, tuple[object, ...]] = DeltaTracker()
         self._routes: dict[IPNetwork, Route] = {}
+        self._spec_routes: Mapping[IPNetwork, Route] = {}  # the last spec's routes, as given
         self._kernel: dict[IPNetwork, Route] = {}
         self._resync = True
         self._ready = False
@@ -119,9 +121,22 @@ class LearnedRoutes:
         if not spec.ready:
             return
         proto, table = self.proto, self.table
-        self._routes = {d: r if (r.proto, r.table) == (proto, table) else replace(r, proto=proto, table=table)
-                        for d, r in spec.routes.items()}
-        self.tracker.replace_desired({d: _norm(r) for d, r in self._routes.items()})
+        # Patched from the previous spec: calc keeps an unchanged prefix's Route object, so only the
+        # prefixes whose object changed are looked at (a burst of UPDATEs made this a full pass of
+        # the table per step). Removed ones come from a set difference (no rehashing).
+        new, prev = spec.routes, self._spec_routes
+        for d, r in new.items():
+            if prev.get(d) is r:
+                continue
+            if (r.proto, r.table) != (proto, table):
+                r = replace(r, proto=proto, table=table)
+            self._routes[d] = r
+            self.tracker.set_desired(d, _norm(r))
+        if len(self._routes) != len(new):  # every key of `new` is in _routes now: extra ones went
+            for d in set(self._routes).difference(new):
+                del self._routes[d]
+                self.tracker.delete_desired(d)
+        self._spec_routes = new
         if not spec.hold_deletions and not self._released:
             self._released = True
             log.info("route deletions allowed (peers in sync or restart window over)")
