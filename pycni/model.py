@@ -59,9 +59,30 @@ def _network(text: str) -> IPNetwork:
     return ipaddress.ip_network(text)
 
 
+class _HashedIPv4Address(ipaddress.IPv4Address):
+    """An IPv4Address whose hash is computed once (the stdlib's is `hash(hex(int(self._ip)))` in
+    Python); same value, equality and repr as the base class."""
+
+    __slots__ = ("_hash",)
+
+    def __init__(self, address: Any) -> None:
+        super().__init__(address)
+        self._hash = ipaddress.IPv4Address.__hash__(self)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> Any:
+        return ipaddress.IPv4Address, (str(self),)
+
+
+_HashedIPv4Address.__name__ = _HashedIPv4Address.__qualname__ = "IPv4Address"
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _address(text: str) -> IPAddress:
-    return ipaddress.ip_address(text)
+    a = ipaddress.ip_address(text)
+    return _HashedIPv4Address(int(a)) if a.version == 4 else a
 
 
 def _octet(p: str) -> bool:

@@ -34,6 +34,7 @@ has sent End-of-RIB on its current session or the restart window has closed.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -267,7 +268,9 @@ def _affinity(key: str, value: str, nodename: str) -> IPNetwork | None:
     except Exception:  # noqa: BLE001 - a bad record is skipped, not fatal
         log.warning("bad block affinity skipped", key=key)
         return None
-    return parsed[1] if aff.state == STATE_CONFIRMED and not aff.deleted else None
+    if aff.state != STATE_CONFIRMED or aff.deleted:
+        return None
+    return parse_network(str(parsed[1]))  # the shared object, hashed once (see pycni.model)
 
 
 @functools.lru_cache(maxsize=131072)
@@ -343,7 +346,8 @@ def peers_for(snap: Snapshot, me: Node, nodes: Mapping[str, Node], cfg: BGPConfi
             return
         if p.address.version != my_ip.version:
             return
-        by_addr[p.address] = p
+        # the shared parsed address (hashed once): it keys the announcements, thousands per step
+        by_addr[p.address] = dataclasses.replace(p, address=parse_address(str(p.address)))
 
     def node_peer(n: Node, kind: str, password: str, local_as: int | None = None) -> BgpPeer | None:
         ip = n.ip
