@@ -161,16 +161,30 @@ class LearnedRoutes:
         return out
 
     def _replace(self, r: Route) -> None:
-        if self.fast is None or r.onlink or r.type != "unicast" or r.table != MAIN_TABLE or not r.oif:
+        if not self._raw(r):
             self.nl.route_replace(r)
             return
+        assert self.fast is not None
+        idx = self._oif(r)
+        if idx is None:
+            raise NetlinkError(f"no such device: {r.oif}", errno.ENODEV)
+        self.fast.route_add(r.dst, oif=idx, gateway=r.gateway, proto=self.proto, scope=r.scope, replace=True)
+
+    def _raw(self, r: Route) -> bool:
+        """Whether the raw socket writes this route: plain unicast, main table, with a device."""
+        return bool(self.fast is not None and not r.onlink and r.type == "unicast" and r.table == MAIN_TABLE
+                    and r.oif)
+
+    def _oif(self, r: Route) -> int | None:
+        """The route's device index (cached by name), or None when there is no such device."""
+        assert self.fast is not None and r.oif
         idx = self._ifindex.get(r.oif)
         if idx is None:
             li = self.fast.link_get(r.oif)
             if li is None:
-                raise NetlinkError(f"no such device: {r.oif}", errno.ENODEV)
+                return None
             idx = self._ifindex[r.oif] = li.index
-        self.fast.route_add(r.dst, oif=idx, gateway=r.gateway, proto=self.proto, scope=r.scope, replace=True)
+        return idx
 
     def _delete(self, r: Route) -> None:
         if self.fast is None or r.table != MAIN_TABLE:
@@ -180,14 +194,11 @@ class LearnedRoutes:
 
     def _bulk(self, r: Route) -> RouteWrite | None:
         """The batched write for a plain unicast main-table route with a device, else None."""
-        if self.fast is None or r.onlink or r.type != "unicast" or r.table != MAIN_TABLE or not r.oif:
+        if not self._raw(r):
             return None
-        idx = self._ifindex.get(r.oif)
+        idx = self._oif(r)
         if idx is None:
-            li = self.fast.link_get(r.oif)
-            if li is None:
-                return None  # the single path reports "no such device"
-            idx = self._ifindex[r.oif] = li.index
+            return None  # the single path reports "no such device"
         return RouteWrite(dst=r.dst, proto=self.proto, oif=idx, gateway=r.gateway, scope=r.scope)
 
     def apply(self) -> bool:
